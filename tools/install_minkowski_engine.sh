@@ -39,7 +39,7 @@ fi
 
 install_cached_wheel() {
     local wheel
-    wheel=$(ls "$wheel_dir"/MinkowskiEngine-${ME_VERSION}-*.whl 2>/dev/null | head -n 1 || true)
+    wheel=$(ls "$wheel_dir"/[Mm]inkowski[Ee]ngine-${ME_VERSION}-*.whl 2>/dev/null | head -n 1 || true)
     [[ -n "$wheel" ]] || return 1
     echo "install_minkowski_engine: installing cached wheel $wheel"
     "$PYTHON" -m pip install --no-deps --force-reinstall -q "$wheel"
@@ -112,7 +112,7 @@ echo "install_minkowski_engine: building MinkowskiEngine ${ME_VERSION} (${flags[
 export MAX_JOBS
 "$PYTHON" setup.py -q bdist_wheel "${flags[@]}" > build.log 2>&1 || { tail -n 60 build.log >&2; echo "install_minkowski_engine: build failed (full log above)" >&2; exit 1; }
 
-built=$(ls dist/MinkowskiEngine-${ME_VERSION}-*.whl)
+built=$(ls dist/[Mm]inkowski[Ee]ngine-${ME_VERSION}-*.whl)  # setuptools >= 75 writes the name in lower case
 tmp_wheel="$wheel_dir/.$(basename "$built").part"
 cp "$built" "$tmp_wheel"
 mv "$tmp_wheel" "$wheel_dir/$(basename "$built")"

@@ -11,6 +11,13 @@ import torch
 from scene_kd.sparse.kernel_map import KernelMap
 
 
+def _scatter_add_unique(target: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """`target[rows] += values` for rows without repeats (true within one kernel offset: each output
+    has at most one input there, and each input at most one output). Gather - add - copy is several
+    times faster than `index_add_` on CPU."""
+    target.index_copy_(0, rows, target.index_select(0, rows).add_(values))
+
+
 def _offset_slices(kmap: KernelMap):
     start = 0
     for k, n in enumerate(kmap.counts):
@@ -29,7 +36,7 @@ class _SparseConvolution(torch.autograd.Function):
             if k == kmap.identity_offset:
                 out += features @ kernel[k]
             else:
-                out.index_add_(0, out_rows, features.index_select(0, in_rows) @ kernel[k])
+                _scatter_add_unique(out, out_rows, features.index_select(0, in_rows) @ kernel[k])
         return out
 
     @staticmethod
@@ -50,7 +57,7 @@ class _SparseConvolution(torch.autograd.Function):
                 if k == kmap.identity_offset:
                     grad_in += g @ kernel[k].t()
                 else:
-                    grad_in.index_add_(0, in_rows, g @ kernel[k].t())
+                    _scatter_add_unique(grad_in, in_rows, g @ kernel[k].t())
             if need_kernel:
                 grad_kernel[k] = x.t() @ g
         return grad_in, grad_kernel, None, None

@@ -19,7 +19,6 @@ from scene_kd.sparse.coords import (
     validate_coordinates,
 )
 
-
 _QUERY_BUDGET = 1 << 23  # keys searched at once when building a kernel map
 
 

@@ -1,0 +1,180 @@
+"""Forward and forward+backward time and peak memory of the students on a ScanNet-sized scene, for the
+torch backend and (where installed) MinkowskiEngine, measured in one run; prints a table with the
+ratio torch / MinkowskiEngine.
+
+Each (model, backend) runs in its own subprocess so that the CPU peak resident memory of one does not
+hide another's. The scene is a room of walls, floor and boxes voxelized at 2 cm to about
+`--voxels` occupied voxels per batch item (ScanNet scenes have about 150k at 2 cm).
+
+    python benchmarks/sparse_unet.py                       # CPU, both backends, batch 2, 150k voxels
+    python benchmarks/sparse_unet.py --device cuda         # on a GPU machine
+    python benchmarks/sparse_unet.py --voxels 40000 --repeats 1   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+MODELS = ("Res16UNet34C", "MinkUNet18A")
+
+
+def room_voxels(target: int, seed: int, voxel_size: float = 0.02) -> torch.Tensor:
+    """int32 [V, 3]: surface voxels of a box-shaped room with furniture-like boxes, about `target`."""
+    g = torch.Generator().manual_seed(seed)
+    # Surface area of a room with floor a x b and height h is about a*b + 2(a+b)h; pick a, b to hit target.
+    h, aspect = 2.5, 1.3
+    area_per_voxel = voxel_size**2
+    boxes_fraction = 0.25
+    # Solve a*b*(1) + 2(a+b)h = target * area * (1 - boxes_fraction) for b = a / aspect.
+    need = target * area_per_voxel * (1 - boxes_fraction)
+    qa, qb, qc = 1 / aspect, 2 * h * (1 + 1 / aspect), -need
+    a = (-qb + (qb * qb - 4 * qa * qc) ** 0.5) / (2 * qa)
+    b = a / aspect
+    surfaces = [  # (origin, u, v) rectangles
+        ((0, 0, 0), (a, 0, 0), (0, b, 0)),
+        ((0, 0, 0), (a, 0, 0), (0, 0, h)), ((0, b, 0), (a, 0, 0), (0, 0, h)),
+        ((0, 0, 0), (0, b, 0), (0, 0, h)), ((a, 0, 0), (0, b, 0), (0, 0, h)),
+    ]
+    box_area = 0.0
+    while box_area < need * boxes_fraction / (1 - boxes_fraction):
+        size = torch.rand(3, generator=g) * torch.tensor([1.5, 1.5, 1.2]) + 0.3
+        corner = torch.rand(3, generator=g) * torch.tensor([a - size[0], b - size[1], 0.0])
+        x0, y0, z0 = corner.tolist()
+        sx, sy, sz = size.tolist()
+        surfaces += [((x0, y0, sz), (sx, 0, 0), (0, sy, 0)),
+                     ((x0, y0, 0), (sx, 0, 0), (0, 0, sz)), ((x0, y0 + sy, 0), (sx, 0, 0), (0, 0, sz)),
+                     ((x0, y0, 0), (0, sy, 0), (0, 0, sz)), ((x0 + sx, y0, 0), (0, sy, 0), (0, 0, sz))]
+        box_area += sx * sy + 2 * (sx + sy) * sz
+    points = []
+    for origin, u, v in surfaces:
+        u, v, o = torch.tensor(u), torch.tensor(v), torch.tensor(origin, dtype=torch.float32)
+        n = int(u.norm() * v.norm() / (voxel_size / 2) ** 2)
+        st = torch.rand(n, 2, generator=g)
+        points.append(o + st[:, :1] * u + st[:, 1:] * v)
+    pts = torch.cat(points)
+    return torch.unique(torch.floor(pts / voxel_size).int(), dim=0)
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(model_name: str, backend_name: str, device: str, voxels: int, batch: int, repeats: int,
+            threads: int) -> dict:
+    """Run in a worker process: median forward and forward+backward seconds, peak memory."""
+    from scene_kd.models import build_student
+    from scene_kd.sparse import batched_coordinates, get_backend
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    coords = batched_coordinates([room_voxels(voxels, seed=b) for b in range(batch)])
+    feats = torch.rand(coords.shape[0], 3)
+    backend = get_backend(backend_name)
+    net = build_student(model_name, in_channels=3, out_channels=20, backend=backend).to(device).train()
+    if device.startswith("cuda"):
+        coords, feats = coords.to(device), feats.to(device)
+        torch.cuda.reset_peak_memory_stats()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def forward():
+        return net(backend.sparse_tensor(feats, coords))
+
+    fwd, fwd_bwd = [], []
+    for i in range(repeats + 1):  # the first run warms up (allocator, kernel-map code paths)
+        synchronize(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            forward()
+        synchronize(device)
+        t1 = time.perf_counter()
+        out = forward()
+        out.F.square().mean().backward()
+        synchronize(device)
+        t2 = time.perf_counter()
+        net.zero_grad(set_to_none=True)
+        if i:
+            fwd.append(t1 - t0)
+            fwd_bwd.append(t2 - t1)
+    if device.startswith("cuda"):
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
+    return {"model": model_name, "backend": backend_name, "voxels": int(coords.shape[0]),
+            "forward_s": sorted(fwd)[len(fwd) // 2], "forward_backward_s": sorted(fwd_bwd)[len(fwd_bwd) // 2],
+            "peak_mb": peak_mb}
+
+
+def run_worker(args, model_name: str, backend_name: str) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", model_name, backend_name, "--device", args.device,
+           "--voxels", str(args.voxels), "--batch", str(args.batch), "--repeats", str(args.repeats),
+           "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"  {model_name} / {backend_name} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--voxels", type=int, default=150_000, help="occupied 2 cm voxels per scene (default 150000)")
+    parser.add_argument("--batch", type=int, default=2, help="scenes per batch (default 2)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up; the median is kept")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"students (default {' '.join(MODELS)})")
+    parser.add_argument("--backends", nargs="+", default=["torch", "minkowski"], help="torch and/or minkowski")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "BACKEND"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(measure(*args.worker, args.device, args.voxels, args.batch, args.repeats, args.threads)))
+        return
+
+    from scene_kd.sparse import minkowski_available
+
+    backends = [b for b in args.backends if b != "minkowski" or minkowski_available()]
+    if "minkowski" in args.backends and "minkowski" not in backends:
+        print("MinkowskiEngine is not installed: measuring the torch backend alone "
+              "(bash tools/install_minkowski_engine.sh)")
+    print(f"device={args.device} threads={args.threads} batch={args.batch} voxels/scene~{args.voxels} "
+          f"repeats={args.repeats} torch={torch.__version__}")
+    rows = []
+    for model_name in args.models:
+        for backend_name in backends:
+            row = run_worker(args, model_name, backend_name)
+            if row:
+                rows.append(row)
+                print(f"  measured {model_name:13s} {backend_name:9s} fwd {row['forward_s']:.2f}s "
+                      f"fwd+bwd {row['forward_backward_s']:.2f}s peak {row['peak_mb']:.0f} MB", flush=True)
+
+    header = ("| model | backend | voxels | forward s | fwd+bwd s | peak MB | fwd ratio torch/ME | "
+              "fwd+bwd ratio torch/ME | memory ratio torch/ME |")
+    print()
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for row in rows:
+        ref = next((r for r in rows if r["model"] == row["model"] and r["backend"] == "minkowski"), None)
+        ratios = [f"{row[key] / ref[key]:.2f}" if ref and ref[key] > 0 else "-"
+                  for key in ("forward_s", "forward_backward_s", "peak_mb")]
+        print(f"| {row['model']} | {row['backend']} | {row['voxels']} | {row['forward_s']:.2f} | "
+              f"{row['forward_backward_s']:.2f} | {row['peak_mb']:.0f} | {' | '.join(ratios)} |")
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(rows, f, indent=2)
+        os.replace(tmp, args.json)
+
+
+if __name__ == "__main__":
+    main()
