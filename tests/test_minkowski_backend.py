@@ -60,7 +60,8 @@ def run_both(torch_module, me_module, coords, feats, out_of):
     for backend, module in ((tb, torch_module), (mb, me_module)):
         x_feats = feats.clone().requires_grad_(True)
         out = out_of(module, backend.sparse_tensor(x_feats, coords))
-        (out.F * probe(out.C, out.F.shape[1])).sum().backward()
+        # Per-row mean: gradients of order one, so an absolute tolerance means the same for every layer.
+        ((out.F * probe(out.C, out.F.shape[1]).to(out.F.dtype)).sum() / out.F.shape[0]).backward()
         results.append((sort_rows(out.C, out.F.detach()), out.C.shape[0], x_feats.grad))
     (t_out, t_n, t_grad), (m_out, m_n, m_grad) = results
     assert t_n == m_n, f"different output sizes: torch {t_n}, MinkowskiEngine {m_n}"
@@ -123,7 +124,10 @@ def test_pointwise_and_pooling_layers_match(kind):
     make = {"batch_norm": lambda b: b.batch_norm(5, momentum=0.05)}.get(kind, lambda b: getattr(b, kind)())
     t_layer, m_layer = make(tb), make(mb)
     m_layer.load_state_dict(t_layer.state_dict(), strict=True)
-    coords = scene_coordinates(seed=2)
+    # MinkowskiEngine 0.5.4's global pooling raises IndexError when a batch index in the middle is
+    # empty (it sizes its output by the number of batch items present); the torch backend handles that
+    # (tests/test_sparse_tensor.py), so the comparison uses contiguous batch indices.
+    coords = scene_coordinates(batch_sizes=(500, 800), seed=2)
     feats = torch.randn(coords.shape[0], 5)
     t_out, m_out, t_grad, m_grad = run_both(t_layer, m_layer, coords, feats, lambda m, x: m(x))
     torch.testing.assert_close(t_out, m_out, **TOL)
@@ -134,25 +138,50 @@ def test_pointwise_and_pooling_layers_match(kind):
 
 
 @pytest.mark.parametrize("name", sorted(STUDENTS))
-def test_students_match_and_state_dicts_move_both_ways(name):
+def test_students_match_in_float32_and_state_dicts_move_both_ways(name):
+    """Eval mode (batch norms on running statistics): outputs, input gradients and every parameter
+    gradient within 1e-4. Train-mode float32 is checked per layer above; for whole networks it is
+    ill-conditioned (batch statistics over the few rows of the stride-16 stage amplify rounding to
+    ~1e-3, as much as MinkowskiEngine differs from itself across thread counts), so train mode is
+    checked in float64 below, where rounding cannot hide a difference."""
     torch.manual_seed(3)
     t_net = build_student(name, in_channels=3, out_channels=7, backend="torch")
     m_net = build_student(name, in_channels=3, out_channels=7, backend="minkowski")
     assert list(t_net.state_dict()) == list(m_net.state_dict())
     m_net.load_state_dict(t_net.state_dict(), strict=True)  # torch -> ME
-    coords = scene_coordinates(batch_sizes=(700, 0, 500), seed=4)
+    t_net.eval()
+    m_net.eval()
+    coords = scene_coordinates(seed=4)
     feats = torch.rand(coords.shape[0], 3)
     t_out, m_out, t_grad, m_grad = run_both(t_net, m_net, coords, feats, lambda m, x: m(x))
     torch.testing.assert_close(t_out, m_out, **TOL)
     torch.testing.assert_close(t_grad, m_grad, **TOL)
     assert_param_grads_equal(t_net, m_net)
 
-    # ME -> torch: a fresh torch model takes the ME model's weights and gives its eval output.
-    fresh = build_student(name, in_channels=3, out_channels=7, backend="torch")
+    # ME -> torch: a fresh torch model takes the ME model's weights and gives its output.
+    fresh = build_student(name, in_channels=3, out_channels=7, backend="torch").eval()
     fresh.load_state_dict(m_net.state_dict(), strict=True)
-    fresh.eval()
-    m_net.eval()
     with torch.no_grad():
         a = fresh(get_backend("torch").sparse_tensor(feats, coords))
-        b = m_net(get_backend("minkowski").sparse_tensor(feats, coords))
-    torch.testing.assert_close(sort_rows(a.C, a.F), sort_rows(b.C, b.F), **TOL)
+    torch.testing.assert_close(sort_rows(a.C, a.F), m_out, **TOL)
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_students_match_in_float64_training_mode(name):
+    """Training mode (batch statistics, running-statistics updates) in double precision: outputs,
+    all gradients and the updated running statistics agree to 1e-9."""
+    torch.manual_seed(5)
+    t_net = build_student(name, in_channels=3, out_channels=7, backend="torch").double()
+    m_net = build_student(name, in_channels=3, out_channels=7, backend="minkowski").double()
+    m_net.load_state_dict(t_net.state_dict(), strict=True)
+    coords = scene_coordinates(seed=6)
+    feats = torch.rand(coords.shape[0], 3, dtype=torch.float64)
+    t_out, m_out, t_grad, m_grad = run_both(t_net, m_net, coords, feats, lambda m, x: m(x))
+    torch.testing.assert_close(t_out, m_out, rtol=0, atol=1e-9)
+    torch.testing.assert_close(t_grad, m_grad, rtol=0, atol=1e-9)
+    me_params = dict(m_net.named_parameters())
+    for param_name, p in t_net.named_parameters():
+        torch.testing.assert_close(p.grad, me_params[param_name].grad, rtol=1e-9, atol=1e-9)
+    me_buffers = dict(m_net.named_buffers())
+    for buffer_name, b in t_net.named_buffers():
+        torch.testing.assert_close(b, me_buffers[buffer_name], rtol=1e-9, atol=1e-9)

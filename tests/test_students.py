@@ -98,3 +98,23 @@ def test_a_student_learns_a_geometric_labelling():
         per_point = net(SparseTensor(torch.ones(len(voxels), 1), coords)).features_at(inverse_map)
     point_labels = (points[:, 2] > 0.02).long()
     assert (per_point.argmax(1) == point_labels).float().mean() > 0.9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    """The torch backend on CUDA gives the CPU's outputs and gradients (float32)."""
+    torch.manual_seed(0)
+    voxels, labels, _, _ = toy_scene(2000)
+    coords = batched_coordinates([voxels, voxels[::2]])
+    feats = torch.rand(coords.shape[0], 3)
+    cpu_net = build_student("Res16UNet34C", in_channels=3, out_channels=4)
+    gpu_net = build_student("Res16UNet34C", in_channels=3, out_channels=4).cuda()
+    gpu_net.load_state_dict(cpu_net.state_dict())
+    outs = []
+    for net, device in ((cpu_net, "cpu"), (gpu_net, "cuda")):
+        out = net(SparseTensor(feats.to(device), coords.to(device)))
+        out.F.square().mean().backward()
+        outs.append(out.F.detach().cpu())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-3, atol=1e-4)
+    for (name, p), q in zip(cpu_net.named_parameters(), gpu_net.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad.cpu(), rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
