@@ -12,7 +12,14 @@ from scene_kd.sparse import (
     kernel_offsets,
 )
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """The dense comparisons run in double precision (1e-10); restore the default afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def random_occupancy(grid: int, batch_items: tuple[int, ...], density: float, seed: int) -> torch.Tensor:
