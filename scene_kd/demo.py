@@ -54,8 +54,8 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", *, num_scenes: int = 2
     print(f"[2/4] preprocessing into {processed}")
     summary = preprocess_dataset(raw, processed, frame_skip=10, workers=1, progress=True)
     print(format_summary(summary))
-    if summary.failed():
-        raise RuntimeError(f"preprocessing failed for {[s.scene_id for s in summary.failed()]}")
+    if summary.failed:
+        raise RuntimeError(f"preprocessing failed for {[s.scene_id for s in summary.failed]}")
 
     print(f"[3/4] training {student} on {scene_ids[0]}'s 20-class labels for {steps} steps (voxels {voxel_size} m)")
     scene = load_voxelized_scene(processed / scene_ids[0], voxel_size)

@@ -87,6 +87,7 @@ LAYER_CASES = [
     ("conv", dict(kernel_size=3, dilation=2)),
     ("conv", dict(kernel_size=2, stride=2)),
     ("conv", dict(kernel_size=3, stride=2)),
+    ("conv", dict(kernel_size=1, stride=2)),  # kernel volume 1: kernel stored [in, out] at any stride
     ("conv_transpose", dict(kernel_size=2, stride=2)),
     ("conv_transpose", dict(kernel_size=3, stride=2, bias=True)),
 ]

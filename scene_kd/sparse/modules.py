@@ -1,6 +1,6 @@
 """Layers of the pure-PyTorch backend, with MinkowskiEngine 0.5.4's parameter names and shapes.
 
-A convolution owns `kernel` `[kernel_volume, in, out]` (`[in, out]` when the kernel volume is 1) and,
+A convolution owns `kernel` `[kernel_volume, in, out]` (`[in, out]` for kernel size 1, stride 1) and,
 with `bias=True`, `bias` `[1, out]`; a batch norm keeps `torch.nn.BatchNorm1d` under `.bn`. So a
 `state_dict` moves between this backend and MinkowskiEngine with `load_state_dict(strict=True)`.
 """
@@ -46,7 +46,10 @@ class _ConvolutionBase(nn.Module):
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         self.is_transpose = is_transpose
         self.kernel_volume = kernel_size**3
-        shape = (self.kernel_volume, in_channels, out_channels) if self.kernel_volume > 1 else (in_channels, out_channels)
+        # MinkowskiEngine stores a 1x1x1 stride-1 kernel as [in, out] (a plain matmul), every other one
+        # (a 1x1x1 stride-2 kernel too) as [kernel_volume, in, out].
+        plain_matmul = self.kernel_volume == 1 and stride == 1
+        shape = (in_channels, out_channels) if plain_matmul else (self.kernel_volume, in_channels, out_channels)
         self.kernel = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.empty(1, out_channels)) if bias else None
         self.reset_parameters()
