@@ -1,0 +1,96 @@
+"""Configs: OmegaConf structured schemas, recipe files that override one base, command-line overrides.
+
+A recipe YAML names the file it overrides with `_base_: default.yaml` (relative to the recipe) and holds
+only what differs. `load_config(Schema, path, overrides)` merges schema defaults <- base chain <-
+recipe <- `key=value` overrides; an unknown key or a value of the wrong type is a `ConfigError` that
+names the key and the file. The resolved config is saved next to every run (`save_config`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+BASE_KEY = "_base_"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # yaml errors come in several types
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: a config file must hold a mapping at the top level")
+    return cfg
+
+
+def _recipe_chain(path: Path) -> list[tuple[Path, DictConfig]]:
+    """[(file, its config without _base_)] from the root base to `path`."""
+    chain: list[tuple[Path, DictConfig]] = []
+    seen: set[Path] = set()
+    current: Path | None = path
+    while current is not None:
+        current = current.resolve()
+        if current in seen:
+            raise ConfigError(f"{current}: {BASE_KEY} chain loops back to this file")
+        seen.add(current)
+        cfg = _read_yaml(current)
+        base = cfg.pop(BASE_KEY, None)
+        chain.append((current, cfg))
+        current = (current.parent / str(base)) if base is not None else None
+    return chain[::-1]
+
+
+def _merge(schema_cfg: DictConfig, other: DictConfig | dict, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema_cfg, other)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        where = f" (key '{key}')" if key else ""
+        raise ConfigError(f"{source}{where}: {err.msg if hasattr(err, 'msg') else err}".split("\n")[0]) from err
+
+
+def load_config(schema: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Schema defaults <- recipe chain of `path` <- `overrides` (["optim.lr=0.1", ...]); read-only result."""
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    if path is not None:
+        for file, part in _recipe_chain(Path(path)):
+            cfg = _merge(cfg, part, str(file))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=0.01")
+        try:
+            parsed = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"override {item!r}: {err}") from err
+        cfg = _merge(cfg, parsed, f"override {item!r}")
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, path)
+
+
+def as_dict(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
