@@ -51,9 +51,21 @@ def _recipe_chain(path: Path) -> list[tuple[Path, DictConfig]]:
     return chain[::-1]
 
 
+def _open_free_form_mappings(cfg: DictConfig) -> DictConfig:
+    """Let `dict[str, Any]` fields (builder options) take new keys; dataclass sections stay closed."""
+    for key in cfg.keys():
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            if node._metadata.object_type in (dict, None):
+                OmegaConf.set_struct(node, False)
+            else:
+                _open_free_form_mappings(node)
+    return cfg
+
+
 def _merge(schema_cfg: DictConfig, other: DictConfig | dict, source: str) -> DictConfig:
     try:
-        return OmegaConf.merge(schema_cfg, other)
+        return _open_free_form_mappings(OmegaConf.merge(schema_cfg, other))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         where = f" (key '{key}')" if key else ""
@@ -64,6 +76,7 @@ def load_config(schema: type, path: str | os.PathLike | None = None, overrides: 
     """Schema defaults <- recipe chain of `path` <- `overrides` (["optim.lr=0.1", ...]); read-only result."""
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
+    _open_free_form_mappings(cfg)
     if path is not None:
         for file, part in _recipe_chain(Path(path)):
             cfg = _merge(cfg, part, str(file))

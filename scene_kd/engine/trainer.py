@@ -157,6 +157,8 @@ def train(
         epoch, within = divmod(consumed, batches_per_epoch)
         while True:
             sampler.set_position(epoch, within * batch_size)
+            if hasattr(dataset, "set_epoch"):  # new augmentations (and frames) each epoch
+                dataset.set_epoch(epoch)
             # Worker seeds come from this state: a function of the position, not of the history.
             seed_everything(cfg.seed + 7919 * epoch + within + 1000003 * dist_utils.rank())
             loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,

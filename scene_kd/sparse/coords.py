@@ -8,6 +8,7 @@ constant to its key, as long as no field leaves its range (checked on constructi
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 SPATIAL_BITS = 18
@@ -62,6 +63,25 @@ def offset_key_delta(offsets: torch.Tensor) -> torch.Tensor:
     return (o[:, 0] * SPATIAL_RANGE + o[:, 1]) * SPATIAL_RANGE + o[:, 2]
 
 
+def sort_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted keys, order) of int64 keys `[N]`. On CPU through numpy: torch's CPU sort of int64 was
+    measured 20x slower than `np.argsort` (195 ms against 10 ms for 400k keys)."""
+    if keys.device.type == "cpu":
+        order = torch.from_numpy(np.argsort(keys.numpy(), kind="stable"))
+        return keys[order], order
+    return torch.sort(keys, stable=True)
+
+
+def unique_keys(keys: torch.Tensor, return_inverse: bool = False):
+    """Sorted unique keys (and each key's row among them), numpy on CPU as in `sort_keys`."""
+    if keys.device.type == "cpu":
+        if return_inverse:
+            unique, inverse = np.unique(keys.numpy(), return_inverse=True)
+            return torch.from_numpy(unique), torch.from_numpy(inverse.reshape(-1)).long()
+        return torch.from_numpy(np.unique(keys.numpy()))
+    return torch.unique(keys, return_inverse=return_inverse)
+
+
 def downsample_coordinates(coordinates: torch.Tensor, new_stride: int) -> torch.Tensor:
     """Unique coordinates at `new_stride`: `floor(c / new_stride) * new_stride` per spatial axis.
 
@@ -69,8 +89,7 @@ def downsample_coordinates(coordinates: torch.Tensor, new_stride: int) -> torch.
     """
     c = coordinates.long().clone()
     c[:, 1:] = torch.div(c[:, 1:], new_stride, rounding_mode="floor") * new_stride
-    keys = torch.unique(coordinate_keys(c))
-    return keys_to_coordinates(keys)
+    return keys_to_coordinates(unique_keys(coordinate_keys(c)))
 
 
 def keys_to_coordinates(keys: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from scene_kd.sparse.coords import (
     downsample_coordinates,
     kernel_offsets,
     offset_key_delta,
+    sort_keys,
     validate_coordinates,
 )
 
@@ -39,7 +40,7 @@ class CoordinateSet:
     def from_coordinates(cls, coordinates: torch.Tensor, tensor_stride: int) -> CoordinateSet:
         validate_coordinates(coordinates, tensor_stride)
         keys = coordinate_keys(coordinates)
-        sorted_keys, order = torch.sort(keys)
+        sorted_keys, order = sort_keys(keys)
         if sorted_keys.numel() > 1 and bool((sorted_keys[1:] == sorted_keys[:-1]).any()):
             dup = int(order[1:][sorted_keys[1:] == sorted_keys[:-1]][0])
             raise ValueError(

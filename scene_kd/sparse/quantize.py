@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from scene_kd.sparse.coords import coordinate_keys
+from scene_kd.sparse.coords import coordinate_keys, unique_keys
 
 
 def sparse_quantize(
@@ -31,10 +31,10 @@ def sparse_quantize(
     voxels = torch.floor(pts.double() / voxel_size).long()
     padded = torch.cat([torch.zeros_like(voxels[:, :1]), voxels], dim=1)
     keys = coordinate_keys(padded)
-    unique_keys, inverse_map = torch.unique(keys, return_inverse=True)
+    voxel_keys, inverse_map = unique_keys(keys, return_inverse=True)
     # The lowest point index of every voxel: scatter-min of the point indices over voxels.
     index = torch.arange(keys.shape[0], device=keys.device)
-    unique_map = torch.full((unique_keys.shape[0],), keys.shape[0], dtype=torch.long, device=keys.device)
+    unique_map = torch.full((voxel_keys.shape[0],), keys.shape[0], dtype=torch.long, device=keys.device)
     unique_map = unique_map.scatter_reduce(0, inverse_map, index, reduce="amin", include_self=True)
     return voxels[unique_map].int(), unique_map, inverse_map
 

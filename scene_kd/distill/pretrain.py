@@ -1,0 +1,79 @@
+"""Build everything pretraining needs from a `PretrainConfig` and run the shared loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from scene_kd.config import as_dict, save_config
+from scene_kd.data.collate import collate_pretrain
+from scene_kd.data.pretrain_dataset import PretrainDataset
+from scene_kd.distill.ppkt import PPKTObjective, PPKTTrainable
+from scene_kd.engine import distributed as dist_utils
+from scene_kd.engine.optim import build_optimizer, build_scheduler
+from scene_kd.engine.trainer import LoopResult, resolve_device, seed_everything, train
+from scene_kd.models.heads import PointProjection, UpsamplingProjection
+from scene_kd.models.students import build_student
+from scene_kd.models.teachers import build_teacher
+from scene_kd.sparse.backend import get_backend
+
+
+def build_pretrain_dataset(cfg: DictConfig) -> PretrainDataset:
+    d = cfg.data
+    augment = d.augment if isinstance(d.augment, bool) or d.augment is None else OmegaConf.to_container(d.augment)
+    split = OmegaConf.to_container(d.split) if OmegaConf.is_config(d.split) else d.split
+    return PretrainDataset(d.root, split, mode=d.mode, voxel_size=d.voxel_size, image_size=tuple(d.image_size),
+                           frames_per_sample=d.frames_per_sample, augment=augment, min_pairs=d.min_pairs,
+                           depth_tolerance=d.depth_tolerance, seed=cfg.train.seed)
+
+
+def build_ppkt(cfg: DictConfig, device: torch.device) -> tuple[PPKTTrainable, torch.nn.Module]:
+    """The trainable part (student + heads) and the frozen teacher, on `device`."""
+    backend = get_backend(cfg.student.backend)
+    student = build_student(cfg.student.name, in_channels=cfg.student.in_channels, out_channels=None, backend=backend)
+    teacher = build_teacher(cfg.teacher.name, weights=cfg.teacher.weights, allow_random=cfg.teacher.allow_random,
+                            **OmegaConf.to_container(cfg.teacher.options))
+    upsample = teacher.stride if cfg.head.head2d_mode == "transposed" else None
+    head2d = UpsamplingProjection(teacher.out_channels, cfg.head.embed_dim, mode=cfg.head.head2d_mode,
+                                  upsample_factor=upsample)
+    head3d = PointProjection(student.feature_channels, cfg.head.embed_dim, hidden=cfg.head.head3d_hidden)
+    trainable = PPKTTrainable(student, head2d, head3d, cfg.loss.temperature, backend)
+    return trainable.to(device), teacher.to(device)
+
+
+def run_pretraining(cfg: DictConfig) -> LoopResult:
+    """Pretrain a student by PPKT as `cfg` says; checkpoints and logs go to `cfg.train.out_dir`."""
+    device = resolve_device(cfg.train.device)
+    distributed = dist_utils.init_distributed(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    seed_everything(cfg.train.seed)
+    run_dir = Path(cfg.train.out_dir)
+    dataset = build_pretrain_dataset(cfg)
+    trainable, teacher = build_ppkt(cfg, device)
+    model_for_loop: torch.nn.Module = trainable
+    if distributed:
+        model_for_loop = torch.nn.parallel.DistributedDataParallel(
+            trainable, device_ids=[device.index] if device.type == "cuda" else None)
+    objective = PPKTObjective(model_for_loop, teacher, num_pairs=cfg.loss.num_pairs)
+    optimizer = build_optimizer(trainable.parameters(), cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_steps)
+    if dist_utils.is_main_process():
+        save_config(cfg, run_dir / "config.yaml")
+        print(f"pretraining {cfg.student.name} from teacher {cfg.teacher.name} on {len(dataset)} samples "
+              f"({cfg.data.mode} mode) -> {run_dir}")
+
+    def checkpoint_extra() -> dict:
+        return {"student_name": cfg.student.name, "student": trainable.student.state_dict(), "config": as_dict(cfg)}
+
+    try:
+        return train(model=objective, trainable=model_for_loop, dataset=dataset, collate_fn=collate_pretrain,
+                     batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, optimizer=optimizer,
+                     scheduler=scheduler, cfg=cfg.train, run_dir=run_dir, checkpoint_extra=checkpoint_extra,
+                     samples_in=lambda batch: int(batch["images"].shape[0]),
+                     batch_metrics=lambda batch: {k: float(v) for k, v in batch["counts"].items()},
+                     device=device)
+    finally:
+        dist_utils.cleanup_distributed()

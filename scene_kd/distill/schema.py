@@ -1,0 +1,64 @@
+"""Config schema of pretraining (`tools/pretrain.py`); `configs/pretrain/default.yaml` lists it whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from scene_kd.engine.schema import OptimConfig, ScheduleConfig, TrainConfig
+
+
+@dataclass
+class PretrainDataConfig:
+    root: str = "data/processed"  # processed scenes (tools/preprocess_scannet.py)
+    split: Any = "train"  # train | val | test | a split file | a list of scene ids | null (all)
+    mode: str = "frame"  # frame (PPKT: a frame's own depth) | scene (the scene's points, depth-tested)
+    voxel_size: float = 0.025  # metres
+    image_size: list[int] = field(default_factory=lambda: [320, 240])  # teacher input (W, H)
+    frames_per_sample: int = 1  # scene mode: frames per scene sample
+    augment: Any = True  # true | false | a mapping of scene_kd.data.augment.Augmentation arguments
+    min_pairs: int = 100  # frames with fewer pixel-point pairs are skipped (and counted)
+    depth_tolerance: float = 0.05  # scene mode depth test, metres
+    batch_size: int = 8  # samples (frames in frame mode) per batch per process
+    num_workers: int = 2
+
+
+@dataclass
+class StudentConfig:
+    name: str = "Res16UNet34C"  # a key of scene_kd.models.STUDENTS
+    in_channels: int = 3
+    backend: str = "torch"  # torch | minkowski
+
+
+@dataclass
+class TeacherConfig:
+    name: str = "resnet50"  # resnet50 | clip | import
+    weights: Any = None  # local weights file; required unless allow_random
+    allow_random: bool = False  # random weights (tests, smoke runs): the features mean nothing
+    options: dict[str, Any] = field(default_factory=dict)  # more builder arguments (layer, model, clip_space, ...)
+
+
+@dataclass
+class HeadConfig:
+    embed_dim: int = 128  # shared pixel/point embedding width (PPKT)
+    head2d_mode: str = "bilinear"  # bilinear (1x1 conv + bilinear upsampling) | transposed
+    head3d_hidden: Any = None  # null: linear 3D head; an int: MLP with that hidden width
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 0.04  # InfoNCE temperature (PPKT: 0.04 at 2.5 cm)
+    num_pairs: int = 4096  # pairs sampled per batch per process
+
+
+@dataclass
+class PretrainConfig:
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.5, weight_decay=1e-4))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine", warmup_steps=500))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=60000, checkpoint_every=2000,
+                                                                  out_dir="runs/pretrain"))
