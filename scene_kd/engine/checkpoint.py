@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 LAST = "last.pth"
+BEST = "best.pth"
 _STEP_FILE = re.compile(r"step_(\d+)\.pth$")
 
 
@@ -29,6 +30,16 @@ def save_checkpoint(directory: str | os.PathLike, step: int, payload: dict[str, 
     for _, old in steps[:-keep] if keep > 0 else steps:
         old.unlink(missing_ok=True)
     return target
+
+
+def save_best_checkpoint(directory: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write `payload` as `best.pth`, atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{BEST}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, directory / BEST)
+    return directory / BEST
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:

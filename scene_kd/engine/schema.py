@@ -33,6 +33,8 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
+    eval_every: int = 0  # run the evaluation (finetuning: val mIoU) every N steps and at the end; 0 = never
+    best_metric: str = ""  # keep checkpoints/best.pth by this evaluation metric (higher is better), e.g. val_miou
     keep_checkpoints: int = 2  # newest step checkpoints kept besides last.pth
     out_dir: str = "runs/default"
     resume: bool = True  # continue from out_dir/checkpoints/last.pth when it exists

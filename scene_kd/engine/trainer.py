@@ -23,7 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from scene_kd.engine import distributed as dist_utils
-from scene_kd.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from scene_kd.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_best_checkpoint,
+    save_checkpoint,
+)
 from scene_kd.engine.metrics_log import MetricsLog
 from scene_kd.engine.schema import TrainConfig
 
@@ -122,6 +127,7 @@ def train(
     checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
     samples_in: Callable[[Any], int] = lambda batch: 1,
     batch_metrics: Callable[[Any], dict[str, float]] | None = None,
+    evaluate: Callable[[int], dict[str, float]] | None = None,
     device: torch.device | None = None,
 ) -> LoopResult:
     """Run `cfg.max_steps` optimizer steps of `model` (whose trainable parameters are `trainable`'s,
@@ -130,6 +136,9 @@ def train(
     checkpoint_extra: more entries for each checkpoint (e.g. the student's state_dict and its name).
     samples_in(batch): how many samples (frames, scenes) a batch holds, for the samples/s figure.
     batch_metrics(batch): counters to log from the batch (e.g. skipped frames), summed between logs.
+    evaluate(step): metrics of the model now (e.g. {"val_miou": ...}), every `cfg.eval_every` steps and
+        at the end, on every process (it may use collectives); logged, and with `cfg.best_metric` the
+        best checkpoint is kept as checkpoints/best.pth.
     """
     device = device or next(trainable.parameters()).device
     run_dir = Path(run_dir)
@@ -139,6 +148,7 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     step = 0
+    best_value = float("-inf")
     last = latest_checkpoint(ckpt_dir) if cfg.resume else None
     if last is not None:
         state = load_checkpoint(last, map_location=device)
@@ -147,6 +157,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
+        best_value = float(state.get("best_value", best_value))
         if main:
             print(f"resumed from {last} at step {step}")
 
@@ -239,7 +250,21 @@ def train(
             if bar is not None:
                 bar.update(1)
 
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            is_best = False
+            if evaluate is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                eval_metrics = evaluate(step)
+                model.train()
+                history.append({"step": step, **eval_metrics})
+                if log is not None:
+                    log.log(step, eval_metrics)
+                if cfg.best_metric:
+                    if cfg.best_metric not in eval_metrics:
+                        raise KeyError(f"train.best_metric {cfg.best_metric!r} is not among the evaluation "
+                                       f"metrics {sorted(eval_metrics)}")
+                    if eval_metrics[cfg.best_metric] > best_value:
+                        best_value, is_best = float(eval_metrics[cfg.best_metric]), True
+
+            if is_best or step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 if main:
                     payload = {
                         "step": step,
@@ -247,10 +272,14 @@ def train(
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(),
+                        "best_value": best_value,
                     }
                     if checkpoint_extra is not None:
                         payload.update(checkpoint_extra())
-                    save_checkpoint(ckpt_dir, step, payload, keep=cfg.keep_checkpoints)
+                    if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                        save_checkpoint(ckpt_dir, step, payload, keep=cfg.keep_checkpoints)
+                    if is_best:
+                        save_best_checkpoint(ckpt_dir, {**payload, "best_metric": cfg.best_metric})
                 dist_utils.barrier()
     finally:
         if bar is not None:
