@@ -115,6 +115,12 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
     assert [m["step"] for m in read_metrics(tmp_path / "b")] == [2, 4, 6, 8, 10, 12]
 
 
+def test_starting_over_in_a_used_directory_is_refused(tmp_path):
+    run(tmp_path, max_steps=3)
+    with pytest.raises(FileExistsError, match="train.resume"):
+        run(tmp_path, max_steps=3, resume=False)
+
+
 def test_gradient_accumulation_runs_and_counts_samples(tmp_path):
     _, _, result = run(tmp_path, max_steps=4, grad_accum=2)
     assert result.step == 4

@@ -51,6 +51,20 @@ def mean_across_processes(values: dict[str, float], device: torch.device) -> dic
     return dict(zip(keys, t.tolist(), strict=True))
 
 
+def sum_across_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum counters over all processes; processes may hold different keys (missing = 0)."""
+    if not dist.is_initialized():
+        return values
+    key_lists: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(key_lists, sorted(values))
+    keys = sorted(set().union(*key_lists))
+    if not keys:
+        return {}
+    t = torch.tensor([float(values.get(k, 0.0)) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
 def cleanup_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -149,6 +149,10 @@ def train(
 
     step = 0
     best_value = float("-inf")
+    if not cfg.resume and latest_checkpoint(ckpt_dir) is not None:
+        raise FileExistsError(
+            f"{ckpt_dir} holds the checkpoints of an earlier run and train.resume is false: choose another "
+            "train.out_dir, delete that directory, or set train.resume=true to continue the run")
     last = latest_checkpoint(ckpt_dir) if cfg.resume else None
     if last is not None:
         state = load_checkpoint(last, map_location=device)
@@ -238,7 +242,7 @@ def train(
                 metrics = dist_utils.mean_across_processes(metrics, device)
                 metrics["lr"] = optimizer.param_groups[0]["lr"]
                 metrics["samples_per_s"] = samples * dist_utils.world_size() / max(elapsed, 1e-9)
-                metrics.update(counters)
+                metrics.update(dist_utils.sum_across_processes(counters, device))
                 history.append({"step": step, **metrics})
                 if log is not None:
                     log.log(step, metrics)

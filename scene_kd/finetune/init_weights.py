@@ -1,0 +1,91 @@
+"""Initialise a segmentation network from a pretraining checkpoint or a MinkowskiEngine checkpoint."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from scene_kd.engine.checkpoint import load_checkpoint
+
+HEAD_PREFIX = "final."
+_WRAPPER_PREFIXES = ("module.", "student.", "backbone.", "model.")
+
+
+@dataclass
+class InitReport:
+    """What `load_backbone_weights` did: keys loaded, and those it could not use."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the model (not the head), absent from the checkpoint
+    unexpected: list[str] = field(default_factory=list)  # in the checkpoint, absent from the model
+    shape_mismatch: list[str] = field(default_factory=list)
+    head_loaded: bool = False
+
+    def summary(self) -> str:
+        parts = [f"{len(self.loaded)} tensors loaded", f"head {'loaded' if self.head_loaded else 'freshly initialised'}"]
+        for name, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                           ("shape mismatch", self.shape_mismatch)):
+            if keys:
+                parts.append(f"{len(keys)} {name} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})")
+        return "; ".join(parts)
+
+
+def student_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The student's weights in a checkpoint: scene_kd pretraining (`student`), scene_kd finetuning or a
+    MinkowskiEngine training script (`model` / `state_dict`), or a bare state_dict; a wrapper prefix
+    shared by every key (`module.`, ...) is removed."""
+    state = None
+    for key in ("student", "state_dict", "model", "model_state"):
+        if isinstance(checkpoint.get(key), dict):
+            state = checkpoint[key]
+            break
+    if state is None:
+        state = checkpoint
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError("no state_dict of tensors found (looked for keys student, state_dict, model, model_state)")
+    for prefix in _WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True,
+                          source: str = "checkpoint") -> InitReport:
+    """Copy `state` into `model`. The head (`final.*`) is loaded only where its shapes match (a
+    MinkowskiEngine checkpoint of the same number of classes); otherwise it keeps its fresh weights.
+    strict: every other weight of the model must be present with its shape, and nothing else may be
+    in `state`; a ValueError names the keys otherwise."""
+    own = model.state_dict()
+    report = InitReport()
+    usable = {}
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif value.shape != own[key].shape:
+            (report.shape_mismatch if not key.startswith(HEAD_PREFIX) else []).append(key)
+        else:
+            usable[key] = value
+    report.missing = [k for k in own if k not in usable and not k.startswith(HEAD_PREFIX)
+                      and k not in report.shape_mismatch]
+    head_keys = [k for k in own if k.startswith(HEAD_PREFIX)]
+    report.head_loaded = bool(head_keys) and all(k in usable for k in head_keys)
+    if not report.head_loaded:
+        usable = {k: v for k, v in usable.items() if not k.startswith(HEAD_PREFIX)}
+    report.loaded = sorted(usable)
+    if strict and (report.missing or report.unexpected or report.shape_mismatch):
+        raise ValueError(f"{source} does not fit the model: {report.summary()} (init_strict=false loads what fits)")
+    model.load_state_dict(usable, strict=False)
+    return report
+
+
+def init_from_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> InitReport:
+    """Load `path` (pretraining or MinkowskiEngine checkpoint) into `model`; see `load_backbone_weights`."""
+    checkpoint = load_checkpoint(path)
+    try:
+        state = student_state_dict(checkpoint)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    return load_backbone_weights(model, state, strict=strict, source=str(path))

@@ -1,0 +1,51 @@
+"""Draw the data-efficient ScanNet subsets (limited scene reconstructions and limited annotations)
+of processed scenes and save them as the files the finetuning configs reference.
+
+    python tools/make_data_efficient_subsets.py data/processed
+    python tools/make_data_efficient_subsets.py --root data/processed --out data/subsets --seed 0 \
+        --scene-percents 1 5 10 20 --point-counts 20 50 100 200
+
+Writes `scenes_{pct}pct.txt` (one scene id a line), `points_{n}.json` ({scene_id: [point
+indices]}) and `subsets.json` under --out (default <root>/subsets/), each atomically. Subsets are
+prefixes of one seeded permutation, hence nested, and the same seed always gives the same files
+(see docs/finetuning_data.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scene_kd.data.subsets import POINT_COUNTS, SCENE_PERCENTS, make_data_efficient_subsets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", nargs="?", help="processed dataset directory (tools/preprocess_scannet.py output)")
+    parser.add_argument("--root", dest="root_option", metavar="ROOT", help="the same, as an option")
+    parser.add_argument("--out", help="output directory (default: <root>/subsets)")
+    parser.add_argument("--split", default="train", help="train / val / a split file (default: train)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scene-percents", type=float, nargs="*", default=list(SCENE_PERCENTS),
+                        help="percentages of the split's scenes (default: 1 5 10 20)")
+    parser.add_argument("--point-counts", type=int, nargs="*", default=list(POINT_COUNTS),
+                        help="labelled points per scene (default: 20 50 100 200)")
+    args = parser.parse_args(argv)
+    if (args.root is None) == (args.root_option is None):
+        parser.error("give the processed dataset directory once, as ROOT or --root ROOT")
+    root = args.root if args.root is not None else args.root_option
+    try:
+        written = make_data_efficient_subsets(
+            root, args.out, split=args.split, scene_percents=args.scene_percents,
+            point_counts=args.point_counts, seed=args.seed,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
