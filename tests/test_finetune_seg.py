@@ -145,3 +145,26 @@ def test_cli_eval_only_and_bad_init(processed, tmp_path):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {"metrics.json", "table.md", "confusion.png"} <= {p.name for p in (tmp_path / "ev").iterdir()}
+
+
+def test_two_process_gloo_ddp_finetuning(processed, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(REPO / "tools/finetune_seg.py"),
+           *small_run(processed, tmp_path, "data.batch_size=1", "train.max_steps=4", "train.eval_every=4",
+                      "train.checkpoint_every=4", "train.device=cpu")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = [m for m in read_metrics(tmp_path) if "val_miou" in m]
+    assert [m["step"] for m in evals] == [4]
+    final = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    # Each process evaluated one scene; the all-reduced confusion counts every labelled vertex of both.
+    assert final["num_points"] == sum(int((__import__("numpy").load(p / "segment20.npy") >= 0).sum())
+                                      for p in processed.iterdir() if (p / "segment20.npy").exists())
+    state = load_checkpoint(tmp_path / "checkpoints" / "best.pth")
+    build_student("MinkUNet14A", in_channels=3, out_channels=20).load_state_dict(state["model"], strict=True)
