@@ -166,5 +166,7 @@ def test_two_process_gloo_ddp_finetuning(processed, tmp_path):
     # Each process evaluated one scene; the all-reduced confusion counts every labelled vertex of both.
     assert final["num_points"] == sum(int((__import__("numpy").load(p / "segment20.npy") >= 0).sum())
                                       for p in processed.iterdir() if (p / "segment20.npy").exists())
+    scenes = sorted(p.name for p in processed.iterdir() if (p / "segment20.npy").exists())
+    assert sorted(p.stem for p in (tmp_path / "eval" / "submission").iterdir()) == scenes  # both ranks' scenes
     state = load_checkpoint(tmp_path / "checkpoints" / "best.pth")
     build_student("MinkUNet14A", in_channels=3, out_channels=20).load_state_dict(state["model"], strict=True)

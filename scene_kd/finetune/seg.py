@@ -169,7 +169,8 @@ def run_finetune_seg(cfg: DictConfig) -> LoopResult:
                        samples_in=lambda batch: len(batch["scene_ids"]), evaluate=evaluate if len(val_set) else None,
                        device=device)
         if len(val_set):
-            out = run_dir / "eval" if main and cfg.eval.write_predictions else None
+            # Every process writes the files of the scenes it evaluated; the main one writes the metrics.
+            out = run_dir / "eval" if cfg.eval.write_predictions else None
             confusion = evaluate_segmentation(model, backend, val_set, device, cfg.eval.chunk_voxels,
                                               cfg.eval.chunk_margin, out_dir=out)
             if main:
