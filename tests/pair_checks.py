@@ -75,3 +75,21 @@ def pixel_point_in_voxel(points: np.ndarray, valid: np.ndarray, voxel_coords: np
     """bool [M]: one of the candidate points [M, K, 3] lies in the voxel [M, 3]."""
     inside = (np.floor(points / voxel_size).astype(np.int64) == voxel_coords[:, None, :]).all(axis=2)
     return (inside & valid).any(axis=1)
+
+
+def run_torchrun(script: Path, args: list[str], nproc: int = 2, timeout: int = 300):
+    """Run `script args` under `torch.distributed.run` with `nproc` CPU processes on a free loopback
+    port; returns the completed process (stdout/stderr captured)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(port), str(script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)

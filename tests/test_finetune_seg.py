@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pair_checks import make_processed_scans
+from pair_checks import make_processed_scans, run_torchrun
 
 from scene_kd.config import load_config
 from scene_kd.engine.checkpoint import load_checkpoint
@@ -148,17 +148,9 @@ def test_cli_eval_only_and_bad_init(processed, tmp_path):
 
 
 def test_two_process_gloo_ddp_finetuning(processed, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(REPO / "tools/finetune_seg.py"),
-           *small_run(processed, tmp_path, "data.batch_size=1", "train.max_steps=4", "train.eval_every=4",
-                      "train.checkpoint_every=4", "train.device=cpu")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = run_torchrun(REPO / "tools/finetune_seg.py",
+                        small_run(processed, tmp_path, "data.batch_size=1", "train.max_steps=4", "train.eval_every=4",
+                                  "train.checkpoint_every=4", "train.device=cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     evals = [m for m in read_metrics(tmp_path) if "val_miou" in m]
     assert [m["step"] for m in evals] == [4]

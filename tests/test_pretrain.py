@@ -2,14 +2,13 @@
 result, a 2-process gloo DDP run trains and its checkpoint loads, and the recipes resolve."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from pair_checks import make_processed_scans
+from pair_checks import make_processed_scans, run_torchrun
 
 from scene_kd.config import load_config
 from scene_kd.distill.ppkt import PPKTObjective
@@ -108,14 +107,8 @@ def test_killed_pretraining_resumes_to_the_same_student(processed, tmp_path, mon
 
 
 def test_two_process_gloo_ddp_pretraining(processed, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(REPO / "tools/pretrain.py"),
-           *small_run(processed, tmp_path, "train.max_steps=4", "train.checkpoint_every=4", "train.device=cpu")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = run_torchrun(REPO / "tools/pretrain.py",
+                        small_run(processed, tmp_path, "train.max_steps=4", "train.checkpoint_every=4", "train.device=cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
     assert state["step"] == 4

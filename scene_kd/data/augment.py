@@ -16,6 +16,7 @@ transforms.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -240,3 +241,18 @@ __all__ = [
     "random_image_transform",
     "random_point_transform",
 ]
+
+
+def coerce_augmentation(augment, augmentation_type: type):
+    """A dataset's `augment` argument as an instance of `augmentation_type` or None: True gives the
+    defaults, a mapping gives `augmentation_type(**mapping)`, False / None give None."""
+    if augment is True:
+        return augmentation_type()
+    if isinstance(augment, Mapping):
+        return augmentation_type(**augment)
+    if augment is False or augment is None:
+        return None
+    if not isinstance(augment, augmentation_type):
+        raise TypeError(f"augment must be a bool, a {augmentation_type.__name__}, a mapping or None, "
+                        f"got {type(augment).__name__}")
+    return augment

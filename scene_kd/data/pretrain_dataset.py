@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scene_kd.data.augment import Augmentation, ImageTransform
+from scene_kd.data.augment import Augmentation, ImageTransform, coerce_augmentation
 from scene_kd.data.correspondence import (
     SKIP_UNREADABLE,
     RGBDCamera,
@@ -145,15 +145,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.voxel_size = float(voxel_size)
         self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         self.frames_per_sample = int(frames_per_sample)
-        if augment is True:
-            augment = Augmentation()
-        elif isinstance(augment, Mapping):
-            augment = Augmentation(**augment)
-        elif augment is False:
-            augment = None
-        if augment is not None and not isinstance(augment, Augmentation):
-            raise TypeError(f"augment must be a bool, an Augmentation, a mapping or None, got {type(augment).__name__}")
-        self.augment: Augmentation | None = augment
+        self.augment: Augmentation | None = coerce_augmentation(augment, Augmentation)
         self.min_pairs = int(min_pairs)
         self.depth_tolerance = float(depth_tolerance)
         self.seed = int(seed)

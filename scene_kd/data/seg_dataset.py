@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scene_kd.data.augment import coerce_augmentation
 from scene_kd.data.pretrain_dataset import resolve_scene_ids
 from scene_kd.data.seg_augment import SegAugmentation
 from scene_kd.data.subsets import read_point_subset, read_scene_subset
@@ -93,15 +94,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: processed dataset directory not found")
-        if augment is True:
-            augment = SegAugmentation()
-        elif isinstance(augment, Mapping):
-            augment = SegAugmentation(**augment)
-        elif augment is False:
-            augment = None
-        if augment is not None and not isinstance(augment, SegAugmentation):
-            raise TypeError(f"augment must be a bool, a SegAugmentation, a mapping or None, got {type(augment).__name__}")
-        self.augment: SegAugmentation | None = augment
+        self.augment: SegAugmentation | None = coerce_augmentation(augment, SegAugmentation)
         self.voxel_size = float(voxel_size)
         self.max_voxels = None if max_voxels is None else int(max_voxels)
         self.in_features = in_features
