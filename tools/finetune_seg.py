@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate this finetuned checkpoint on data.val_split instead of training")
     parser.add_argument("--eval-out", help="output directory of --eval-only (default: train.out_dir/eval_only)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
     if args.init:
         overrides.append(f"model.init={args.init}")

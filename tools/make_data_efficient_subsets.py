@@ -1,4 +1,4 @@
-"""Draw the data-efficient ScanNet subsets (limited scene reconstructions and limited annotations)
+r"""Draw the data-efficient ScanNet subsets (limited scene reconstructions and limited annotations)
 of processed scenes and save them as the files the finetuning configs reference.
 
     python tools/make_data_efficient_subsets.py data/processed
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", dest="root_option", metavar="ROOT", help="the same, as an option")
     parser.add_argument("--out", help="output directory (default: <root>/subsets)")
     parser.add_argument("--split", default="train", help="train / val / a split file (default: train)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scene and point permutations (default: 0)")
     parser.add_argument("--scene-percents", type=float, nargs="*", default=list(SCENE_PERCENTS),
                         help="percentages of the split's scenes (default: 1 5 10 20)")
     parser.add_argument("--point-counts", type=int, nargs="*", default=list(POINT_COUNTS),

@@ -30,9 +30,19 @@ class PPKTTrainable(nn.Module):
         if pairs.shape[0] == 0:  # every sample of the batch was dropped: a zero step, same graph in every process
             return {"loss_ppkt": sum(p.sum() for p in self.parameters()) * 0.0}
         voxel_features = self.student(self.backend.sparse_tensor(features, coordinates)).F
-        points = self.head3d(voxel_features[pairs[:, 0]])
-        pixels = self.head2d.sample(teacher_map, pairs[:, 1], pairs[:, 2], pairs[:, 3], image_size)
-        return {"loss_ppkt": pixel_point_infonce(points, pixels, self.temperature)}
+        return {"loss_ppkt": ppkt_loss(voxel_features, self.head2d, self.head3d, teacher_map, pairs, image_size,
+                                       self.temperature)}
+
+
+def ppkt_loss(voxel_features: torch.Tensor, head2d: UpsamplingProjection, head3d: PointProjection,
+              teacher_map: torch.Tensor, pairs: torch.Tensor, image_size: tuple[int, int],
+              temperature: float) -> torch.Tensor:
+    """PPKT's InfoNCE at `pairs` [M, 4]: the 3D head's embedding of each pair's voxel (rows of
+    voxel_features [N, C]) against the 2D head's embedding of its pixel (teacher_map [B_img, C', h, w]
+    upsampled to image_size (H, W))."""
+    points = head3d(voxel_features[pairs[:, 0]])
+    pixels = head2d.sample(teacher_map, pairs[:, 1], pairs[:, 2], pairs[:, 3], image_size)
+    return pixel_point_infonce(points, pixels, temperature)
 
 
 class PPKTObjective(nn.Module):

@@ -47,8 +47,25 @@ class HeadConfig:
 
 @dataclass
 class LossConfig:
-    temperature: float = 0.04  # InfoNCE temperature (PPKT: 0.04 at 2.5 cm)
-    num_pairs: int = 4096  # pairs sampled per batch per process
+    objective: str = "ppkt"  # ppkt | concept | ppkt+concept (docs/concept_distillation.md)
+    temperature: float = 0.04  # PPKT InfoNCE temperature (PPKT: 0.04 at 2.5 cm)
+    num_pairs: int = 4096  # pairs sampled per batch per process (PPKT and the concept term)
+    ppkt_weight: float = 1.0  # weight of loss_ppkt when the objective is ppkt+concept
+    global_weight: float = 1.0  # concept objectives: weight of loss_global (3D set vs CLIP image InfoNCE)
+    concept_weight: float = 1.0  # concept objectives: weight of loss_concept (concept-distribution KL)
+    concept_fit_weight: float = 1.0  # concept objectives: weight of loss_concept_fit (concepts onto CLIP pixel features)
+    global_temperature: float = 0.07  # temperature of the global InfoNCE
+    concept_temperature: float = 0.1  # temperature of the 3D side's concept softmax
+    concept_teacher_temperature: float = 0.05  # temperature of the 2D (teacher) side's concept softmax
+
+
+@dataclass
+class ConceptConfig:
+    num_concepts: int = 64  # learnable concept queries K
+    num_heads: int = 8  # heads of the cross-attention
+    width: int = 256  # width of the cross-attention (queries, keys, values)
+    max_keys: int = 4096  # keys per point set at most: a random subset, voxels with pairs first
+    point_hidden: Any = None  # null: linear point projection into CLIP space; an int: MLP with that hidden width
 
 
 @dataclass
@@ -58,6 +75,7 @@ class PretrainConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    concept: ConceptConfig = field(default_factory=ConceptConfig)  # the concept head (concept objectives)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.5, weight_decay=1e-4))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine", warmup_steps=500))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=60000, checkpoint_every=2000,

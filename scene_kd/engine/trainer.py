@@ -41,6 +41,8 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device is 'cuda' but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", dist_utils.local_rank())  # one GPU per process under torchrun
     return device
 
 

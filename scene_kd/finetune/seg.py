@@ -138,6 +138,8 @@ def run_finetune_seg(cfg: DictConfig) -> LoopResult:
     final model is evaluated into `train.out_dir/eval/`."""
     device = resolve_device(cfg.train.device)
     distributed = dist_utils.init_distributed(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's object collectives (the loop's counters) use the current device
     seed_everything(cfg.train.seed)
     run_dir = Path(cfg.train.out_dir)
     train_set, val_set = build_seg_datasets(cfg)

@@ -25,13 +25,16 @@ class Teacher(nn.Module):
     Subclasses implement `extract(normalized_images) -> [B, C, h, w]` and set `out_channels`,
     `stride` (input pixels per feature cell) and `embed_dim` (the CLIP embedding width when the
     features live in CLIP's joint image-text space, else None). `use_autocast` (default True) runs
-    `extract` under bf16 autocast when the images are on CUDA.
+    `extract` under bf16 autocast when the images are on CUDA. Teachers with a global image
+    embedding (CLIP) also implement `extract_with_global` and set `has_global_embedding`; `encode`
+    then gives the dense map and the global embedding of one forward pass.
     """
 
     out_channels: int
     stride: int
     embed_dim: int | None = None
     use_autocast: bool = True
+    has_global_embedding: bool = False
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -46,6 +49,12 @@ class Teacher(nn.Module):
         """Normalized images [B, 3, H, W] -> features [B, C, h, w]."""
         raise NotImplementedError
 
+    def extract_with_global(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalized images [B, 3, H, W] -> (features [B, C, h, w], global embedding [B, embed_dim])."""
+        raise NotImplementedError(
+            f"{type(self).__name__} gives no global image embedding (concept distillation needs a CLIP teacher)"
+        )
+
     def train(self, mode: bool = True) -> Teacher:
         # A parent's .train() must not switch the teacher's batch norms to batch statistics.
         return super().train(False)
@@ -59,6 +68,18 @@ class Teacher(nn.Module):
             normalized = (images.float() - self.pixel_mean) / self.pixel_std
             features = self.extract(normalized)
         return features.float()
+
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Images [B, 3, H, W] in [0, 1] -> (the dense map [B, C, h, w], the global image embedding
+        [B, embed_dim]), both float32 and from the same forward pass, frozen as `forward` is."""
+        check_images(images)
+        with (
+            torch.no_grad(),
+            torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_autocast and images.is_cuda),
+        ):
+            normalized = (images.float() - self.pixel_mean) / self.pixel_std
+            features, embedding = self.extract_with_global(normalized)
+        return features.float(), embedding.float()
 
 
 def check_images(images: Tensor) -> None:

@@ -204,13 +204,52 @@ class ClipResNetTeacher(ClipTeacher):
         self.embed_dim = visual.attnpool.c_proj.out_features if clip_space else None
         self.out_channels = self.embed_dim if clip_space else width
 
-    def extract(self, images: Tensor) -> Tensor:
+    has_global_embedding = True
+
+    def layer4(self, images: Tensor) -> Tensor:
         v = self.visual
-        x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(self.resized(images))))))  # stride 32
+        return v.layer4(v.layer3(v.layer2(v.layer1(v.stem(self.resized(images))))))  # stride 32
+
+    def dense(self, x: Tensor) -> Tensor:
         if self.clip_space:
-            pool = v.attnpool
+            pool = self.visual.attnpool
             x = pool.c_proj(pool.v_proj(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
         return x
+
+    def extract(self, images: Tensor) -> Tensor:
+        return self.dense(self.layer4(images))
+
+    def extract_with_global(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(the dense map as `extract`, CLIP's image embedding [B, embed_dim] by the attention pool)."""
+        x = self.layer4(images)
+        return self.dense(x), attention_pool(self.visual.attnpool, x)
+
+
+def attention_pool(pool: nn.Module, x: Tensor) -> Tensor:
+    """CLIP's AttentionPool2d on a layer4 map x [B, C, h, w] of any size -> [B, output_dim].
+
+    open_clip's forward, with the positional embedding of the spatial positions resized bicubically
+    to (h, w) when the map is not the native grid, and only the pooled (mean) token as query (the
+    output open_clip keeps).
+    """
+    batch, channels, h, w = x.shape
+    tokens = x.flatten(2).permute(2, 0, 1)  # [hw, B, C]
+    tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
+    pos = pool.positional_embedding
+    side = round((pos.shape[0] - 1) ** 0.5)
+    if (h, w) != (side, side):
+        grid = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=(h, w), mode="bicubic", align_corners=False)
+        pos = torch.cat([pos[:1], grid.to(pos.dtype).flatten(2)[0].T], dim=0)
+    tokens = tokens + pos[:, None, :].to(tokens.dtype)
+    pooled, _ = F.multi_head_attention_forward(
+        query=tokens[:1], key=tokens, value=tokens, embed_dim_to_check=channels, num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
+        in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=pool.c_proj.weight,
+        out_proj_bias=pool.c_proj.bias, use_separate_proj_weight=True, training=False, need_weights=False,
+    )
+    return pooled[0]
 
 
 def maskclip_value_path(block: nn.Module, tokens: Tensor) -> Tensor:
@@ -263,7 +302,10 @@ class ClipViTTeacher(ClipTeacher):
         patches = F.interpolate(patches.float(), size=grid, mode="bicubic", align_corners=False)
         return torch.cat([pos[:1], patches.to(pos.dtype).flatten(2)[0].T], dim=0)
 
-    def extract(self, images: Tensor) -> Tensor:
+    has_global_embedding = True
+
+    def tokens_before_last_block(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Normalized images -> (tokens [B, 1 + gh * gw, width] after all blocks but the last, (gh, gw))."""
         v = self.visual
         images = self.resized(images)
         x = v.conv1(images)  # [B, width, gh, gw], stride p
@@ -272,15 +314,30 @@ class ClipViTTeacher(ClipTeacher):
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(batch, 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding((gh, gw)).to(x.dtype)
         x = v.ln_pre(x)
-        blocks = v.transformer.resblocks
         batch_first = getattr(v.transformer, "batch_first", True)
         x = x if batch_first else x.transpose(0, 1)
-        for block in blocks[:-1]:
+        for block in v.transformer.resblocks[:-1]:
             x = block(x)
-        x = x if batch_first else x.transpose(0, 1)
-        x = maskclip_value_path(blocks[-1], x[:, 1:])  # the class token is not needed: no mixing
+        return (x if batch_first else x.transpose(0, 1)), (gh, gw)
+
+    def dense(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        v = self.visual
+        x = maskclip_value_path(v.transformer.resblocks[-1], tokens[:, 1:])  # no mixing: the class token is not needed
         x = v.ln_post(x) @ v.proj
-        return x.transpose(1, 2).reshape(batch, -1, gh, gw)
+        return x.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+
+    def extract(self, images: Tensor) -> Tensor:
+        return self.dense(*self.tokens_before_last_block(images))
+
+    def extract_with_global(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(the dense map as `extract`, CLIP's image embedding [B, embed_dim]: the class token through
+        the unchanged last block, `ln_post` and `proj`), sharing the first L-1 blocks."""
+        v = self.visual
+        tokens, grid = self.tokens_before_last_block(images)
+        batch_first = getattr(v.transformer, "batch_first", True)
+        x = v.transformer.resblocks[-1](tokens if batch_first else tokens.transpose(0, 1))
+        cls = x[:, 0] if batch_first else x[0]
+        return self.dense(tokens, grid), v.ln_post(cls) @ v.proj
 
 
 def build_clip_teacher(

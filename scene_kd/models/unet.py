@@ -18,6 +18,8 @@ from torch import nn
 from scene_kd.models.blocks import BLOCKS
 from scene_kd.sparse.backend import SparseBackend, get_backend
 
+DECODER_STRIDES = (8, 4, 2, 1)  # tensor strides of the decoder's outputs (block5, block6, block7, block8)
+
 
 class SparseUNet(nn.Module):
     """A sparse residual U-Net returning per-voxel features at stride 1.
@@ -25,7 +27,8 @@ class SparseUNet(nn.Module):
     Input: a sparse tensor (features [N, in_channels], coordinates [N, 4]) of the chosen backend.
     Output: a sparse tensor on the same coordinates with `out_channels` features, or, with
     `out_channels=None`, the decoder's last features (`planes[7] * expansion` channels, `final`
-    omitted) for a head to use.
+    omitted) for a head to use. `decoder_features(x, strides)` returns the decoder's outputs at
+    several strides (8, 4, 2, 1) for multi-level heads (detection).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class SparseUNet(nn.Module):
         self.block8 = self._make_layer(planes[7], layers[7], dilations[7])
 
         self.feature_channels = planes[7] * expansion
+        self._decoder_widths = {stride: planes[4 + i] * expansion for i, stride in enumerate(DECODER_STRIDES)}
         self.final = (b.conv(self.feature_channels, out_channels, kernel_size=1, bias=True)
                       if out_channels is not None else None)
         self.relu = b.relu()
@@ -122,7 +126,27 @@ class SparseUNet(nn.Module):
                 nn.init.constant_(m.bn.weight, 1.0)
                 nn.init.constant_(m.bn.bias, 0.0)
 
-    def forward(self, x):
+    def decoder_channels(self, stride: int) -> int:
+        """Feature channels of the decoder's output at `stride` (8, 4, 2 or 1)."""
+        if stride not in DECODER_STRIDES:
+            raise ValueError(f"the decoder has outputs at strides {DECODER_STRIDES}, not {stride}")
+        return self._decoder_widths[stride]
+
+    def decoder_modules(self, stride: int) -> list[str]:
+        """Names of the modules that produce the decoder output at `stride` from the next coarser one
+        (`convtr*`, `bntr*`, `block*`): unused when no output at `stride` or finer is asked for."""
+        step = DECODER_STRIDES.index(stride)
+        return [f"convtr{4 + step}p{2 * stride}s2", f"bntr{4 + step}", f"block{5 + step}"]
+
+    def decoder_features(self, x, strides: Sequence[int] = (1,)) -> dict:
+        """The decoder's outputs (after block5 / 6 / 7 / 8: strides 8 / 4 / 2 / 1, `final` not applied)
+        at `strides`, as {stride: sparse tensor}. The decoder stops at the finest stride asked for, so
+        asking for (2, 4, 8) never runs the stride-1 stage."""
+        wanted = set(int(s) for s in strides)
+        if not wanted or not wanted <= set(DECODER_STRIDES):
+            raise ValueError(f"strides must be a non-empty subset of {DECODER_STRIDES}, got {list(strides)}")
+        finest = min(wanted)
+        outputs = {}
         out = self.conv0p1s1(x)
         out_p1 = self.relu(self.bn0(out))  # stride 1
 
@@ -137,10 +161,21 @@ class SparseUNet(nn.Module):
 
         out = self.relu(self.bntr4(self.convtr4p16s2(out)))  # stride 8
         out = self.block5(self.backend.cat(out, out_b3p8))
-        out = self.relu(self.bntr5(self.convtr5p8s2(out)))  # stride 4
-        out = self.block6(self.backend.cat(out, out_b2p4))
-        out = self.relu(self.bntr6(self.convtr6p4s2(out)))  # stride 2
-        out = self.block7(self.backend.cat(out, out_b1p2))
-        out = self.relu(self.bntr7(self.convtr7p2s2(out)))  # stride 1
-        out = self.block8(self.backend.cat(out, out_p1))
+        outputs[8] = out
+        if finest <= 4:
+            out = self.relu(self.bntr5(self.convtr5p8s2(out)))  # stride 4
+            out = self.block6(self.backend.cat(out, out_b2p4))
+            outputs[4] = out
+        if finest <= 2:
+            out = self.relu(self.bntr6(self.convtr6p4s2(out)))  # stride 2
+            out = self.block7(self.backend.cat(out, out_b1p2))
+            outputs[2] = out
+        if finest <= 1:
+            out = self.relu(self.bntr7(self.convtr7p2s2(out)))  # stride 1
+            out = self.block8(self.backend.cat(out, out_p1))
+            outputs[1] = out
+        return {s: outputs[s] for s in sorted(wanted)}
+
+    def forward(self, x):
+        out = self.decoder_features(x, (1,))[1]
         return out if self.final is None else self.final(out)
