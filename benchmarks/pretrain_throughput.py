@@ -458,13 +458,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['seconds']['full']:.2f} s, loss {row['losses'][-1]:.3f}{skipped}",
                 flush=True,
             )
+            print_table([row])  # each recipe's rows as soon as it is measured (a long run may be cut short)
+            sys.stdout.flush()
         if not rows:
             return 1
         if not all(r["peak_reset_per_part"] for r in rows):
             print(
                 "note: /proc/self/clear_refs is not writable here, so each peak is the process's peak so far"
             )
-        print()
+        print("\nall recipes:")
         print_table(rows)
         if args.json:
             result = {

@@ -27,7 +27,7 @@ from scene_kd.transfer.pipeline import (
     pretrain_stage,
     train_teacher_stage,
 )
-from scene_kd.transfer.plots import correspondence_overlay, plot_loss_curves, save_png
+from scene_kd.transfer.plots import paint_pixels, plot_loss_curves, position_colors, save_png, side_by_side
 
 DEMO_SETTINGS = TransferSettings(
     num_scenes=8, val_fraction=0.25, num_frames=40, teacher_steps=150, teacher_width=32,
@@ -36,9 +36,16 @@ DEMO_SETTINGS = TransferSettings(
 
 
 def write_overlay(processed: Path, settings: TransferSettings, path: Path) -> int:
-    """The correspondence overlay of the first validation frame (frame-mode pairs, no augmentation);
-    returns the number of pairs drawn."""
+    """Three panels for the first validation frame: the frame; its pixel-to-point pairs (the frame's
+    depth lifted to 3D and voxelized, as PPKT pairs them) painted with the 3D position of their
+    voxel; the scene's annotated points projected into it (depth-tested) painted with their class
+    colour. Where the correspondences are right, colours change at the objects' edges in the frame.
+    Returns the number of pairs drawn."""
+    from scene_kd.data.correspondence import RGBDCamera
     from scene_kd.data.pretrain_dataset import PretrainDataset
+    from scene_kd.eval.semseg import label_colors
+    from scene_kd.scannet.exported import ExportedFrameSource
+    from scene_kd.transfer.frame_labels import frame_label_image
 
     dataset = PretrainDataset(processed, "val", mode="frame", voxel_size=settings.voxel_size / 4,
                               image_size=settings.image_size, augment=False, min_pairs=1)
@@ -46,7 +53,15 @@ def write_overlay(processed: Path, settings: TransferSettings, path: Path) -> in
     image = (sample["images"][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     pairs = sample["pairs"].numpy()
     points = sample["coords"].numpy()[pairs[:, 0]] * dataset.voxel_size
-    save_png(correspondence_overlay(image, pairs[:, 2], pairs[:, 3], points), path, scale=3)
+    scene_dir = processed / sample["meta"]["scene_id"]
+    source = ExportedFrameSource(scene_dir)
+    labels = frame_label_image(np.load(scene_dir / "coord.npy"), np.load(scene_dir / "segment20.npy"),
+                               source.read(sample["meta"]["frame_ids"][0]), RGBDCamera.from_source(source),
+                               settings.image_size)
+    rows, cols = np.nonzero(labels >= 0)
+    panels = [image, paint_pixels(image, pairs[:, 2], pairs[:, 3], position_colors(points)),
+              paint_pixels(image, rows, cols, label_colors(labels[rows, cols]))]
+    save_png(side_by_side(panels), path, scale=3)
     return len(pairs)
 
 

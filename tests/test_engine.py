@@ -127,6 +127,17 @@ def test_gradient_accumulation_runs_and_counts_samples(tmp_path):
     assert read_metrics(tmp_path)[-1]["samples_per_s"] > 0
 
 
+def test_fewer_samples_than_one_batch_is_an_error_not_a_hang(tmp_path):
+    net = nn.Linear(4, 1)
+    cfg = TrainConfig(max_steps=2, out_dir=str(tmp_path), progress=False, tensorboard=False)
+    optimizer = build_optimizer(net.parameters(), OptimConfig(name="sgd", lr=0.05))
+    scheduler = build_scheduler(optimizer, ScheduleConfig(name="constant"), max_steps=2)
+    tiny = torch.utils.data.Subset(ToyData(), range(3))
+    with pytest.raises(ValueError, match="3 per process, fewer than the batch size 8"):
+        train(model=ToyObjective(net), trainable=net, dataset=tiny, collate_fn=collate, batch_size=8, num_workers=0,
+              optimizer=optimizer, scheduler=scheduler, cfg=cfg, run_dir=tmp_path, samples_in=lambda b: 8)
+
+
 def test_non_finite_loss_stops_naming_the_terms(tmp_path):
     with pytest.raises(FloatingPointError, match="loss_mse=nan"):
         run(tmp_path, max_steps=10, poison_at=3)

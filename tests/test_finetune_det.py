@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from pair_checks import make_processed_scans, run_torchrun
 
 from scene_kd.config import load_config
@@ -63,6 +64,9 @@ def chance_map(processed, scenes, seed=0, per_box=10):
 
 
 def test_recipes_resolve_and_default_yaml_is_the_schema():
+    # Key for key and value for value: a key missing from the file would otherwise be filled in by the schema.
+    written = OmegaConf.to_container(OmegaConf.load(REPO / "configs/finetune_det/default.yaml"))
+    assert written == OmegaConf.to_container(load_config(FinetuneDetConfig))
     assert load_config(FinetuneDetConfig, REPO / "configs/finetune_det/default.yaml") == load_config(FinetuneDetConfig)
     for pct in (1, 5, 10, 20):
         cfg = load_config(FinetuneDetConfig, REPO / f"configs/finetune_det/scenes_{pct}pct.yaml", ["data.root=/d"])

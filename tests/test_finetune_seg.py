@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from pair_checks import make_processed_scans, run_torchrun
 
 from scene_kd.config import load_config
@@ -38,6 +39,9 @@ def small_run(root, out_dir, *extra):
 
 
 def test_recipes_resolve_and_default_yaml_is_the_schema():
+    # Key for key and value for value: a key missing from the file would otherwise be filled in by the schema.
+    written = OmegaConf.to_container(OmegaConf.load(REPO / "configs/finetune_seg/default.yaml"))
+    assert written == OmegaConf.to_container(load_config(FinetuneSegConfig))
     assert load_config(FinetuneSegConfig, REPO / "configs/finetune_seg/default.yaml") == load_config(FinetuneSegConfig)
     cfg = load_config(FinetuneSegConfig, REPO / "configs/finetune_seg/points_20.yaml", ["data.root=/data/scannet"])
     assert cfg.data.labelled_points == "/data/scannet/subsets/points_20.json"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from pair_checks import make_processed_scans, run_torchrun
 
 from scene_kd.config import load_config
@@ -45,6 +46,9 @@ def processed(tmp_path_factory):
 
 
 def test_recipes_resolve_and_default_yaml_is_the_schema():
+    # Key for key and value for value: a key missing from the file would otherwise be filled in by the schema.
+    written = OmegaConf.to_container(OmegaConf.load(REPO / "configs/pretrain/default.yaml"))
+    assert written == OmegaConf.to_container(load_config(PretrainConfig))
     default = load_config(PretrainConfig)
     assert load_config(PretrainConfig, REPO / "configs/pretrain/default.yaml") == default
     for recipe, teacher in [("ppkt_resnet50", "resnet50"), ("ppkt_clip_rn50", "clip"), ("ppkt_clip_vitb16", "clip")]:

@@ -5,6 +5,7 @@ end to end at toy size."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from scene_kd.scannet.frame_types import RGBDFrame
 from scene_kd.transfer.frame_labels import frame_label_image
 from scene_kd.transfer.frame_teacher import frame_encoder, predict_frames, train_frame_teacher
 from scene_kd.transfer.pipeline import format_transfer_table, summarize
-from scene_kd.transfer.plots import correspondence_overlay
+from scene_kd.transfer.plots import paint_pixels, position_colors, side_by_side
 
 # A 40 x 30 color camera and a 20 x 15 depth camera looking down +z from the origin.
 K_COLOR = np.array([[40.0, 0, 20.0, 0], [0, 40.0, 15.0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
@@ -112,17 +113,20 @@ def test_summarize_means_spreads_and_paired_gains():
     assert "| points_20 | 15.0 ± 7.1 | 27.5 ± 3.5 | +12.5 ± 3.5 | 2 |" in text
 
 
-def test_correspondence_overlay_paints_points_by_position():
+def test_overlay_panels_paint_points_by_position():
     image = np.full((4, 5, 3), 100, np.uint8)
     rows, cols = np.array([0, 3]), np.array([1, 4])
     points = np.array([[0.0, 1.0, 2.0], [1.0, 3.0, 2.0]])
-    picture = np.asarray(correspondence_overlay(image, rows, cols, points))
+    colors = position_colors(points)
+    np.testing.assert_array_equal(colors, [[0, 0, 0], [255, 255, 0]])  # min / max per axis; z has no range
+    painted = paint_pixels(image, rows, cols, colors)
+    np.testing.assert_array_equal(painted[3, 4], [255, 255, 0])
+    np.testing.assert_array_equal(painted[1, 1], [25, 25, 25])  # unpaired: the frame darkened to a quarter
+    picture = np.asarray(side_by_side([image, painted], gap=4))
     assert picture.shape == (4, 14, 3)
     np.testing.assert_array_equal(picture[:, :5], image)
-    right = picture[:, 9:]
-    np.testing.assert_array_equal(right[0, 1], [0, 0, 0])  # the minimum of every axis (z has no range)
-    np.testing.assert_array_equal(right[3, 4], [255, 255, 0])
-    np.testing.assert_array_equal(right[1, 1], [25, 25, 25])  # unpaired: the frame darkened to a quarter
+    np.testing.assert_array_equal(picture[:, 5:9], 255)
+    np.testing.assert_array_equal(picture[:, 9:], painted)
 
 
 def test_demo_runs_end_to_end(tmp_path):
@@ -146,3 +150,6 @@ def test_demo_runs_end_to_end(tmp_path):
     # A rerun reuses every finished stage.
     again = run_demo(out, settings=settings, progress=False)
     assert again["val_miou"] == summary["val_miou"] and again["seconds"] < summary["seconds"]
+    # ... and refuses a stage made with other settings instead of mixing experiments.
+    with pytest.raises(ValueError, match=r"finetune_scratch: made with other settings \(finetune_steps differ\)"):
+        run_demo(out, settings=replace(settings, finetune_steps=3), progress=False)

@@ -93,9 +93,13 @@ def load_pretrained_concept_model(checkpoint: str | os.PathLike,
     backend = get_backend(backend or cfg.get("student", {}).get("backend", "torch"))
     student = build_student(state["student_name"], in_channels=int(cfg.get("student", {}).get("in_channels", 3)),
                             out_channels=None, backend=backend)
-    student.load_state_dict(state["student"], strict=True)
     head = ConceptHead(**state["concept_head_config"])
-    head.load_state_dict(state["concept_head"], strict=True)
+    try:
+        student.load_state_dict(state["student"], strict=True)
+        head.load_state_dict(state["concept_head"], strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the student or concept head does not match its recorded configuration: "
+                         f"{error}") from error
     return student, head, cfg
 
 

@@ -168,6 +168,12 @@ def train(
             print(f"resumed from {last} at step {step}")
 
     sampler = ResumableSampler(len(dataset), cfg.seed, rank=dist_utils.rank(), world_size=dist_utils.world_size())
+    if sampler.per_rank < batch_size:  # drop_last would leave no batch at all: the loop would spin forever
+        raise ValueError(
+            f"{len(dataset)} training samples over {dist_utils.world_size()} process(es) give {sampler.per_rank} per "
+            f"process, fewer than the batch size {batch_size}: lower the batch size (data.batch_size) or use fewer "
+            "processes"
+        )
     batches_per_epoch = max(1, sampler.per_rank // batch_size)
 
     def batches_from(consumed: int) -> Iterator[Any]:

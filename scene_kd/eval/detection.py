@@ -378,7 +378,7 @@ def read_boxes_json(
     path = Path(path)
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of boxes, got {type(records).__name__}")

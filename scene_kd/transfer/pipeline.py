@@ -4,8 +4,10 @@ synthetic scans -> processed scenes (+ limited-label subsets) -> a 2D teacher tr
 2D labels -> a student pretrained from it (PPKT) on the unlabelled training scans -> finetunes with
 limited 3D labels, from the pretrained student and from scratch -> val mIoU.
 
-Each stage writes into its own directory and is skipped when its result already exists, so an
-interrupted benchmark or demo picks up where it stopped.
+Each stage writes into its own directory and records what it was made from (`done.json`: the
+settings it depends on, seeds, inputs); a rerun reuses a stage whose record matches, runs one that
+has none (an interrupted training resumes from its last checkpoint), and refuses one made with other
+settings, so an interrupted benchmark or demo picks up where it stopped and never mixes experiments.
 """
 
 from __future__ import annotations
@@ -56,6 +58,35 @@ class TransferSettings:
     point_counts: list[int] = field(default_factory=lambda: [20, 200])
 
 
+DATA_FIELDS = ("num_scenes", "val_fraction", "num_frames", "frame_skip", "image_size", "scene_percents", "point_counts")
+TEACHER_FIELDS = (*DATA_FIELDS, "teacher_steps", "teacher_width", "teacher_channels")
+PRETRAIN_FIELDS = (*TEACHER_FIELDS, "student", "voxel_size", "pretrain_steps", "pretrain_batch", "pretrain_mode",
+                   "pretrain_frames_per_sample", "pretrain_lr", "temperature")
+FINETUNE_FIELDS = (*DATA_FIELDS, "student", "voxel_size", "finetune_steps", "finetune_batch", "finetune_max_voxels",
+                   "finetune_lr")
+
+
+def stage_stamp(settings: TransferSettings, fields: tuple[str, ...], **extra) -> dict:
+    """What a stage's result depends on: the named settings and `extra` (seeds, paths), JSON-ready."""
+    values = asdict(settings)
+    stamp = {name: list(values[name]) if isinstance(values[name], tuple) else values[name] for name in fields}
+    return json.loads(json.dumps({**stamp, **extra}, default=str))
+
+
+def reuse_stage(stamp_path: Path, stamp: dict) -> bool:
+    """True when `stamp_path` records exactly `stamp` (the stage is done and may be reused); False
+    when it does not exist (run the stage); a ValueError naming the directory when it records other
+    settings, so that results of different experiments are never mixed."""
+    recorded = _read_json(stamp_path)
+    if recorded is None:
+        return False
+    if recorded != stamp:
+        changed = sorted(k for k in set(recorded) | set(stamp) if recorded.get(k) != stamp.get(k))
+        raise ValueError(f"{stamp_path.parent}: made with other settings ({', '.join(changed)} differ); "
+                         "use another work directory or delete this one")
+    return True
+
+
 def label_settings(settings: TransferSettings) -> list[str]:
     """Names of the limited-label settings: `scenes_10pct`, `points_20`, ... (the subset file stems)."""
     return ([Path(scene_subset_name(p)).stem for p in settings.scene_percents]
@@ -68,7 +99,9 @@ def prepare_synthetic_data(out_dir: str | os.PathLike, settings: TransferSetting
     limited-label subsets of its training split in processed/subsets/. Returns the processed root."""
     out = Path(out_dir)
     raw, processed = out / "scannet", out / "processed"
-    if not (raw / "scannetv2_val.txt").exists():
+    stamp = stage_stamp(settings, DATA_FIELDS, seed=seed)
+    done = reuse_stage(out / "done.json", stamp)
+    if not done:
         write_synthetic_scannet(raw, num_scenes=settings.num_scenes, seed=seed, num_frames=settings.num_frames,
                                 color_size=(324, 242), depth_size=(160, 120), val_fraction=settings.val_fraction,
                                 workers=1, progress=progress)
@@ -76,9 +109,10 @@ def prepare_synthetic_data(out_dir: str | os.PathLike, settings: TransferSetting
                                  workers=1, progress=progress)
     if summary.failed:
         raise RuntimeError(f"preprocessing failed:\n{format_summary(summary)}")
-    if not (processed / "subsets" / "subsets.json").exists():
+    if not done:
         make_data_efficient_subsets(processed, split="train", scene_percents=settings.scene_percents,
                                     point_counts=settings.point_counts, seed=seed)
+        _write_json(out / "done.json", stamp)
     return processed
 
 
@@ -97,9 +131,9 @@ def train_teacher_stage(processed: Path, out_dir: str | os.PathLike, settings: T
     validation frames; out_dir/teacher.pth and teacher_metrics.json. Returns (weights, metrics)."""
     out = Path(out_dir)
     weights, metrics_path = out / "teacher.pth", out / "teacher_metrics.json"
-    metrics = _read_json(metrics_path)
-    if metrics is not None and weights.exists():
-        return weights, metrics
+    stamp = stage_stamp(settings, TEACHER_FIELDS, seed=seed, data=str(processed))
+    if reuse_stage(out / "done.json", stamp):
+        return weights, json.loads(metrics_path.read_text())
     train_frames = load_labelled_frames(processed, "train", settings.image_size, progress=progress)
     val_frames = load_labelled_frames(processed, "val", settings.image_size, progress=progress)
     metrics = train_frame_teacher(train_frames, weights, val_frames=val_frames, out_channels=settings.teacher_channels,
@@ -107,6 +141,7 @@ def train_teacher_stage(processed: Path, out_dir: str | os.PathLike, settings: T
                                   progress=progress)
     metrics["labelled_pixel_fraction"] = float((train_frames["labels"] >= 0).mean())
     _write_json(metrics_path, metrics)
+    _write_json(out / "done.json", stamp)
     return weights, metrics
 
 
@@ -139,11 +174,12 @@ def pretrain_stage(processed: Path, teacher_weights: Path, out_dir: str | os.Pat
 
     run_dir = Path(out_dir)
     checkpoint = run_dir / "checkpoints" / "last.pth"
-    if not _finished(run_dir, settings.pretrain_steps):
+    stamp = stage_stamp(settings, PRETRAIN_FIELDS, seed=seed, data=str(processed), teacher=str(teacher_weights))
+    if not reuse_stage(run_dir / "done.json", stamp):
         overrides = pretrain_overrides(processed, teacher_weights, run_dir, settings, seed)
         overrides.append(f"train.progress={str(progress).lower()}")
         run_pretraining(load_config(PretrainConfig, None, overrides))
-        _write_json(run_dir / "done.json", {"steps": settings.pretrain_steps})
+        _write_json(run_dir / "done.json", stamp)
     return checkpoint
 
 
@@ -180,17 +216,14 @@ def finetune_stage(processed: Path, label_setting: str, init: Path | None, out_d
 
     run_dir = Path(out_dir)
     metrics_path = run_dir / "eval" / "metrics.json"
-    if not (_finished(run_dir, settings.finetune_steps) and metrics_path.exists()):
+    stamp = stage_stamp(settings, FINETUNE_FIELDS, seed=seed, data=str(processed), labels=label_setting,
+                        init=None if init is None else str(init), write_predictions=write_predictions)
+    if not reuse_stage(run_dir / "done.json", stamp):
         overrides = finetune_overrides(processed, label_setting, init, run_dir, settings, seed, write_predictions)
         overrides.append(f"train.progress={str(progress).lower()}")
         run_finetune_seg(load_config(FinetuneSegConfig, None, overrides))
-        _write_json(run_dir / "done.json", {"steps": settings.finetune_steps})
+        _write_json(run_dir / "done.json", stamp)
     return json.loads(metrics_path.read_text())
-
-
-def _finished(run_dir: Path, steps: int) -> bool:
-    done = _read_json(run_dir / "done.json")
-    return done is not None and done.get("steps") == steps
 
 
 def summarize(results: list[dict]) -> dict[str, dict[str, dict[str, float]]]:

@@ -63,21 +63,29 @@ def plot_transfer_table(table: Mapping[str, Mapping[str, Mapping[str, float]]], 
     _save(figure, path)
 
 
-def correspondence_overlay(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, points: np.ndarray) -> Image.Image:
-    """The frame (uint8 [H, W, 3]) beside the same frame with every paired pixel (rows, cols [M])
-    painted with the colour of its 3D point (points float [M, 3], x/y/z scaled to red/green/blue
-    over their range): when pixels and points correspond, the colours vary smoothly with the
-    geometry and follow the objects' edges in the image."""
-    image = np.asarray(image, dtype=np.uint8)
+def position_colors(points: np.ndarray) -> np.ndarray:
+    """uint8 [M, 3]: x, y, z of points [M, 3] scaled to red, green, blue over their range."""
     points = np.asarray(points, dtype=np.float64)
     low, high = points.min(0), points.max(0)
-    rgb = ((points - low) / np.maximum(high - low, 1e-9) * 255).astype(np.uint8)
-    painted = (image.astype(np.float32) * 0.25).astype(np.uint8)
-    painted[np.asarray(rows), np.asarray(cols)] = rgb
-    height, width = image.shape[:2]
-    canvas = Image.new("RGB", (2 * width + 4, height), (255, 255, 255))
-    canvas.paste(Image.fromarray(image), (0, 0))
-    canvas.paste(Image.fromarray(painted), (width + 4, 0))
+    return ((points - low) / np.maximum(high - low, 1e-9) * 255).astype(np.uint8)
+
+
+def paint_pixels(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """The image (uint8 [H, W, 3]) darkened to a quarter, with pixels (rows, cols [M]) set to colors [M, 3]."""
+    painted = (np.asarray(image, dtype=np.float32) * 0.25).astype(np.uint8)
+    painted[np.asarray(rows), np.asarray(cols)] = colors
+    return painted
+
+
+def side_by_side(images: Sequence[np.ndarray], gap: int = 4) -> Image.Image:
+    """uint8 [H, W, 3] images of one height in a row, `gap` white pixels apart."""
+    height = images[0].shape[0]
+    width = sum(im.shape[1] for im in images) + gap * (len(images) - 1)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    x = 0
+    for im in images:
+        canvas.paste(Image.fromarray(np.asarray(im, dtype=np.uint8)), (x, 0))
+        x += im.shape[1] + gap
     return canvas
 
 
