@@ -137,3 +137,10 @@ def test_bad_config_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "tools/pretrain.py"), "optim.lr=fast"], capture_output=True,
                           text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 2 and "optim.lr" in proc.stderr
+
+
+def test_cli_overrides_may_come_between_options():
+    out = subprocess.run([sys.executable, str(REPO / "tools/pretrain.py"), "train.max_steps=7", "--print-config",
+                          "optim.lr=0.3"], capture_output=True, text=True, check=True).stdout
+    printed = OmegaConf.create(out)
+    assert printed.train.max_steps == 7 and printed.optim.lr == 0.3

@@ -19,43 +19,23 @@ and PLY wireframes of the predicted and ground-truth boxes) to train.out_dir/eva
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from scene_kd.config import ConfigError, load_config, to_yaml
+from scene_kd.finetune.cli import FinetuneCommand, finetune_main
 from scene_kd.finetune.det import evaluate_checkpoint, run_finetune_det
 from scene_kd.finetune.det_schema import FinetuneDetConfig
 
+COMMAND = FinetuneCommand(
+    schema=FinetuneDetConfig, run=run_finetune_det, evaluate=evaluate_checkpoint, recipe_dir="configs/finetune_det",
+    override_example="optim.lr=0.002",
+    init_help="pretraining or MinkowskiEngine checkpoint to start the backbone from (model.init)",
+    freeze_help="train only the detection head on a frozen backbone (model.freeze_backbone=true)",
+    eval_help="evaluate this finetuned detection checkpoint on data.val_split instead of training",
+)
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="recipe YAML (configs/finetune_det/*.yaml); without it, the schema defaults")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.002")
-    parser.add_argument("--init", help="pretraining or MinkowskiEngine checkpoint to start the backbone from (model.init)")
-    parser.add_argument("--freeze-backbone", action="store_true",
-                        help="train only the detection head on a frozen backbone (model.freeze_backbone=true)")
-    parser.add_argument("--eval-only", metavar="CHECKPOINT",
-                        help="evaluate this finetuned detection checkpoint on data.val_split instead of training")
-    parser.add_argument("--eval-out", help="output directory of --eval-only (default: train.out_dir/eval_only)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = parser.parse_intermixed_args(argv)
-    overrides = list(args.overrides)
-    if args.init:
-        overrides.append(f"model.init={args.init}")
-    if args.freeze_backbone:
-        overrides.append("model.freeze_backbone=true")
-    try:
-        cfg = load_config(FinetuneDetConfig, args.config, overrides)
-    except ConfigError as err:
-        parser.error(str(err))
-    if args.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
-    if args.eval_only:
-        evaluate_checkpoint(cfg, args.eval_only, args.eval_out or f"{cfg.train.out_dir}/eval_only")
-        return 0
-    run_finetune_det(cfg)
-    return 0
+    return finetune_main(COMMAND, __doc__, argv)
 
 
 if __name__ == "__main__":
