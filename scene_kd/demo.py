@@ -31,7 +31,7 @@ from scene_kd.transfer.plots import paint_pixels, plot_loss_curves, position_col
 
 DEMO_SETTINGS = TransferSettings(
     num_scenes=8, val_fraction=0.25, num_frames=40, teacher_steps=150, teacher_width=32,
-    pretrain_steps=60, finetune_steps=80, point_counts=[200], scene_percents=[],
+    pretrain_steps=150, finetune_steps=80, point_counts=[200], scene_percents=[],
 )
 
 

@@ -1,4 +1,4 @@
-"""The main job on built-in synthetic data, the whole pipeline at toy size (about 6 minutes on 2 CPU cores):
+"""The main job on built-in synthetic data, the whole pipeline at toy size (about 8 minutes on 2 CPU cores):
 
   1. write synthetic ScanNet scans (.sens, meshes, annotations) and preprocess them;
   2. train a small 2D teacher on the frames' 2D labels;
