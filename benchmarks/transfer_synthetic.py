@@ -1,6 +1,6 @@
 r"""The papers' table in miniature: does pretraining from a 2D teacher help when 3D labels are few?
 
-    python benchmarks/transfer_synthetic.py --work-dir /tmp/transfer              # 3 seeds, ~1 h on 2 CPU cores
+    python benchmarks/transfer_synthetic.py --work-dir /tmp/transfer              # 3 seeds, ~1.5 h on 2 CPU cores
     python benchmarks/transfer_synthetic.py --work-dir /tmp/transfer_smoke --seeds 0 --num-scenes 6 \
         --teacher-steps 20 --pretrain-steps 5 --finetune-steps 5 --settings points_20    # smoke, ~2 min
 
@@ -119,4 +119,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as error:  # e.g. a work directory made with other settings
+        raise SystemExit(f"error: {error}") from None

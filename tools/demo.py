@@ -46,7 +46,10 @@ def main() -> None:
     settings = demo_settings(num_scenes=args.scenes, num_frames=args.frames, student=args.student,
                              voxel_size=args.voxel_size, teacher_steps=args.teacher_steps,
                              pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps)
-    run_demo(args.out, seed=args.seed, settings=settings, progress=not args.no_progress)
+    try:
+        run_demo(args.out, seed=args.seed, settings=settings, progress=not args.no_progress)
+    except ValueError as error:  # e.g. an output directory made with other settings
+        parser.exit(1, f"error: {error}\n")
 
 
 if __name__ == "__main__":
