@@ -23,9 +23,11 @@ import torch
 from scene_kd.data.augment import coerce_augmentation
 from scene_kd.data.pretrain_dataset import resolve_scene_ids
 from scene_kd.data.seg_augment import (
+    check_probabilities,
     chromatic_auto_contrast,
     chromatic_jitter,
     chromatic_translation,
+    scale_range,
     transform_normals,
 )
 from scene_kd.data.seg_dataset import IN_FEATURES, load_scene_array
@@ -76,13 +78,8 @@ class DetAugmentation:
     color_jitter_std: float = 0.05
 
     def __post_init__(self):
-        if self.scale is not None:
-            if len(self.scale) != 2 or not 0 < float(self.scale[0]) <= float(self.scale[1]):
-                raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {self.scale}")
-            object.__setattr__(self, "scale", (float(self.scale[0]), float(self.scale[1])))
-        for name in ("flip_x", "flip_y", "auto_contrast_p", "color_translation_p", "color_jitter_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        object.__setattr__(self, "scale", scale_range(self.scale))
+        check_probabilities(self, ("flip_x", "flip_y", "auto_contrast_p", "color_translation_p", "color_jitter_p"))
         for name in ("rotate_z", "translate_std", "color_translation_ratio", "color_jitter_std"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -140,6 +140,23 @@ def transform_normals(normals: np.ndarray, linear: np.ndarray) -> np.ndarray:
     return np.divide(moved, norm, out=np.zeros_like(moved), where=norm > 0)
 
 
+def scale_range(scale) -> tuple[float, float] | None:
+    """A (low, high) scale range as floats (config lists become tuples, so settings hash and pickle);
+    None stays None; anything but 0 < low <= high is a ValueError."""
+    if scale is None:
+        return None
+    if len(scale) != 2 or not 0 < float(scale[0]) <= float(scale[1]):
+        raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
+    return float(scale[0]), float(scale[1])
+
+
+def check_probabilities(settings, names: tuple[str, ...]) -> None:
+    """ValueError naming the first attribute of `settings` among `names` outside [0, 1]."""
+    for name in names:
+        if not 0.0 <= getattr(settings, name) <= 1.0:
+            raise ValueError(f"{name} is a probability in [0, 1], got {getattr(settings, name)}")
+
+
 @dataclass(frozen=True)
 class SegAugmentation:
     """The augmentation settings of segmentation finetuning (Pointcept's ScanNet values by default;
@@ -167,18 +184,13 @@ class SegAugmentation:
     color_jitter_std: float = 0.05
 
     def __post_init__(self):
-        # Config lists become tuples, so the settings hash and pickle.
-        if self.scale is not None:
-            if len(self.scale) != 2 or not 0 < float(self.scale[0]) <= float(self.scale[1]):
-                raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {self.scale}")
-            object.__setattr__(self, "scale", (float(self.scale[0]), float(self.scale[1])))
+        object.__setattr__(self, "scale", scale_range(self.scale))
         elastic = tuple(tuple(float(v) for v in pair) for pair in (self.elastic or ()))
         if any(len(pair) != 2 or not pair[0] > 0 or pair[1] < 0 for pair in elastic):
             raise ValueError(f"elastic must be (granularity > 0, magnitude >= 0) pairs, got {self.elastic}")
         object.__setattr__(self, "elastic", elastic)
-        for name in ("flip_x", "flip_y", "elastic_p", "auto_contrast_p", "color_translation_p", "color_jitter_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        check_probabilities(self, ("flip_x", "flip_y", "elastic_p", "auto_contrast_p", "color_translation_p",
+                                   "color_jitter_p"))
         if self.auto_contrast_blend is not None and not 0.0 <= self.auto_contrast_blend <= 1.0:
             raise ValueError(f"auto_contrast_blend must be in [0, 1] or None, got {self.auto_contrast_blend}")
         if self.rotate_z < 0 or self.color_translation_ratio < 0 or self.color_jitter_std < 0:
