@@ -3,7 +3,7 @@
     python benchmarks/preprocess.py                      # ~2 minutes on 2 cores
     python benchmarks/preprocess.py --scenes 8 --frames 1500 --workers 1 2 4
 
-Scans: one template scan comes from `scene_kd.scannet.synthetic` (ray-cast rooms, needs open3d)
+Scans: one template scan comes from `scene_kd.synthetic` (ray-cast rooms, needs open3d)
 or, with `--template simple` or where that is unavailable, from a procedural image generator. Each
 benchmark scan copies the template's mesh and annotations and writes a `.sens` of `--frames`
 frames that cycle through the template's encoded JPEG / zlib payloads (so making long scans costs
@@ -111,9 +111,9 @@ def make_simple_template(root: Path, args: argparse.Namespace) -> Path:
 
 def make_synthetic_template(root: Path, args: argparse.Namespace) -> Path:
     """One scan from the project's synthetic ScanNet generator at the requested sizes."""
-    from scene_kd.scannet import synthetic
+    from scene_kd.synthetic import write_synthetic_scannet
 
-    synthetic.write_synthetic_scannet(
+    write_synthetic_scannet(
         root, num_scenes=1, seed=0, num_frames=args.template_frames, color_size=args.color_size,
         depth_size=args.depth_size,
     )  # fmt: skip

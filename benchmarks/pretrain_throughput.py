@@ -5,7 +5,7 @@ r"""Frames per second and peak memory of one PPKT pretraining step for each reci
     python benchmarks/pretrain_throughput.py --work-dir /tmp/bench_pretrain_tiny --batch-frames 2 --steps 1 \
         --scenes 1 --frames 20 --frame-skip 2 --color-size 162x121 --depth-size 80x60 --image-size 80x60  # smoke
 
-Data: synthetic scans (`scene_kd.scannet.synthetic.write_synthetic_scannet`, raw color 1296 x 968 JPEG and
+Data: synthetic scans (`scene_kd.synthetic.write_synthetic_scannet`, raw color 1296 x 968 JPEG and
 depth 640 x 480 by default) processed by `scene_kd.scannet.preprocess.preprocess_dataset` (color stored at
 `--image-size`, 320 x 240 by default; depth kept at its raw size), both kept in `--work-dir` and reused
 by later runs with the same data arguments. Each recipe's `data.image_size` is set to `--image-size`,
@@ -49,6 +49,8 @@ from pathlib import Path
 
 import torch
 
+from scene_kd.atomic import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = ("ppkt_resnet50", "ppkt_clip_rn50", "ppkt_clip_vitb16")
 STAGES = ("data", "teacher", "student", "full")
@@ -69,7 +71,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def prepare_data(work: Path, args: argparse.Namespace) -> Path:
     """Synthetic scans under work/raw processed into work/processed; reused when the data arguments match."""
     from scene_kd.scannet.preprocess import preprocess_dataset
-    from scene_kd.scannet.synthetic import write_synthetic_scannet
+    from scene_kd.synthetic import write_synthetic_scannet
 
     recipe = {
         k: getattr(args, k)
@@ -157,7 +159,8 @@ def measure(recipe: str, args: argparse.Namespace, root: Path) -> dict:
     from scene_kd.distill.pretrain import build_ppkt, build_pretrain_dataset
     from scene_kd.distill.schema import PretrainConfig
     from scene_kd.engine.optim import build_optimizer, build_scheduler
-    from scene_kd.engine.trainer import autocast_dtype, resolve_device, seed_everything
+    from scene_kd.engine.seeding import seed_everything
+    from scene_kd.engine.trainer import autocast_dtype, resolve_device
 
     torch.set_num_threads(args.threads)
     width, height = args.image_size
@@ -474,10 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                 "note": RANDOM_TEACHER_NOTE,
                 "rows": rows,
             }
-            tmp = args.json + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(result, f, indent=1)
-            os.replace(tmp, args.json)
+            write_text_atomic(args.json, json.dumps(result, indent=1))
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -23,7 +22,8 @@ import time
 
 import torch
 
-from scene_kd.sparse.toy import room_voxels
+from scene_kd.atomic import write_text_atomic
+from scene_kd.sparse.fixtures import room_voxels
 
 MODELS = ("Res16UNet34C", "MinkUNet18A")
 
@@ -135,10 +135,7 @@ def main() -> None:
         print(f"| {row['model']} | {row['backend']} | {row['voxels']} | {row['forward_s']:.2f} | "
               f"{row['forward_backward_s']:.2f} | {row['peak_mb']:.0f} | {' | '.join(ratios)} |")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rows, f, indent=2)
-        os.replace(tmp, args.json)
+        write_text_atomic(args.json, json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,125 +1,129 @@
-r"""The papers' table in miniature: does pretraining from a 2D teacher help when 3D labels are few?
+r"""The papers' data-efficient table in miniature, for PPKT and for CLIP concept distillation alike.
 
-    python benchmarks/transfer_synthetic.py --work-dir /tmp/transfer              # 3 seeds, ~1.5 h on 2 CPU cores
-    python benchmarks/transfer_synthetic.py --work-dir /tmp/transfer_smoke --seeds 0 --num-scenes 6 \
-        --teacher-steps 20 --pretrain-steps 5 --finetune-steps 5 --settings points_20    # smoke, ~2 min
+    python benchmarks/transfer_synthetic.py --work-dir /tmp/transfer                  # the full run
+    python benchmarks/transfer_synthetic.py --work-dir /tmp/transfer_quick --quick    # every arm, reduced
+    python benchmarks/transfer_synthetic.py --work-dir /tmp/transfer_w1 --world-seed 1   # another world
 
-1. Data: `--num-scenes` synthetic scans (seed 0; the last 20 % are the validation split), processed
-   (every 4th frame, 160 x 120), with the limited-label subsets of the training split
-   (`make_data_efficient_subsets`, seed 0): `scenes_10pct` (10 % of the training scenes, all their
-   labels) and `points_20` / `points_200` (that many labelled points per training scene).
-2. A 2D teacher (`scene_kd.transfer.frame_teacher.frame_encoder`) is trained on the training scans'
-   frames with their 2D labels (the 3D labels projected into the frames, as ScanNet's label images
-   are made): 2D labels are plentiful, the premise of the method. Its pixel accuracy / mIoU on the
-   validation frames is printed.
-3. For each seed: the student is pretrained from that teacher by PPKT on the unlabelled training
-   scans (scene mode, 4 frames per scene), then finetuned for 20-class segmentation in every label
-   setting twice, from the pretrained weights and from random initialization (the baseline), with
-   the same seed, data order and schedule. The metric is the final val mIoU (ScanNet protocol,
-   every vertex of the validation scenes).
+1. A synthetic world (`--world-seed`): 25 scans (20 training, 5 validation; `--quick`: 8), processed,
+   with the limited-label subsets of the training split: limited scenes (10 % and 20 % of the training
+   scans, i.e. 2 and 4 scans, all their labels) and limited points (20 and 200 labelled points per scan).
+2. Two teachers, both trained on the training scans' frames only:
+   - the 2D-label teacher (`frame_encoder`): a small CNN trained on the frames' 2D labels;
+   - the in-world CLIP (`scene_kd/transfer/world_clip.py`): open_clip's CLIP (a tiny ViT and a small
+     text transformer) trained with open_clip's ClipLoss on image-text pairs made from the frames
+     (object crops captioned with their class names, whole frames captioned with the classes they
+     show), then loaded as `teacher.name=clip` exactly as real CLIP weights are.
+3. Arms, each pretraining MinkUNet14A on the unlabelled training scans (scene mode): `ppkt_2d`,
+   `ppkt_clip`, `ppkt_concept_clip` (every seed); ablations `concept_clip` and
+   `ppkt_concept_nofit_clip` (the paper's two concept terms without the fit term), first seed only.
+4. Per seed: finetunes in every limited-label setting from scratch and from each arm (same seed,
+   data order and schedule), a linear probe of each arm (full labels, frozen backbone), full-label
+   finetunes (scratch, `ppkt_concept_clip`), zero-shot 3D segmentation of the concept arms
+   (`tools/zeroshot_seg.py`'s path); once: the 2D-only zero-shot baseline (CLIP dense features fused
+   onto the points through the frames, as OpenScene does).
 
-Prints a table (mean ± std over seeds, and the per-seed gain) after every seed, and writes
-results.json, table.md and transfer.png into `--work-dir`. Every stage keeps its outputs in the work
-directory and a rerun skips the finished ones (interrupt and rerun to resume). Torch threads:
-`--threads` (default 2). Synthetic scenes are far simpler than ScanNet: the figures say whether the
-pipeline transfers what the teacher knows, not what ScanNet numbers will be.
+Writes into --work-dir: results.json (every run: {"world_seed", "seed", "arm", "setting", "miou"}),
+table.md, transfer_arms.png (bars with error bars over seeds), pretrain_curves.png (the InfoNCE
+curves), features.png / zeroshot.png (pictures of a validation scan) and the PLYs beside them;
+`--record FILE` also copies results.json there (the committed record is
+docs/results/transfer_synthetic.json). Every stage is reused when finished and resumed when
+interrupted: rerun the same command. Torch threads: --threads.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from dataclasses import fields
+import shutil
+import sys
 from pathlib import Path
 
 import torch
 
-from scene_kd.scannet.atomic import write_text_atomic
-from scene_kd.transfer.pipeline import (
-    TransferSettings,
-    finetune_stage,
-    format_transfer_table,
-    label_settings,
-    prepare_synthetic_data,
-    pretrain_stage,
-    settings_dict,
-    summarize,
-    train_teacher_stage,
+from scene_kd.atomic import write_text_atomic
+from scene_kd.cli import add_debug_flag, run_tool
+from scene_kd.transfer.arms import ARMS
+from scene_kd.transfer.benchmark import (
+    ABLATION_ARMS,
+    MAIN_ARMS,
+    BenchmarkPlan,
+    format_benchmark_table,
+    full_settings,
+    quick_settings,
+    run_transfer_benchmark,
+    summarize_runs,
 )
-from scene_kd.transfer.plots import plot_transfer_table
-
-SIZE_FLAGS = ("num_scenes", "num_frames", "student", "voxel_size", "teacher_steps", "pretrain_steps",
-              "finetune_steps", "finetune_lr", "pretrain_lr", "temperature")
+from scene_kd.transfer.benchmark_pictures import benchmark_pictures
+from scene_kd.transfer.pipeline import label_settings
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work-dir", required=True, help="data, runs and results go here (reused by reruns)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
-    parser.add_argument("--settings", nargs="+", default=None,
-                        help="label settings to run (default: scenes_10pct points_20 points_200)")
+    parser.add_argument("--work-dir", required=True, help="data, teachers, runs and results go here (reruns resume)")
+    parser.add_argument("--quick", action="store_true",
+                        help="every arm and setting at reduced size (8 scans, few steps): the plumbing in minutes")
+    parser.add_argument("--world-seed", type=int, default=0,
+                        help="seed of the synthetic world, its teachers and label subsets (default 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds of scratch and the main arms; ablations run the first (default 0 1 2)")
+    parser.add_argument("--arms", nargs="+", default=list(MAIN_ARMS), choices=list(MAIN_ARMS),
+                        help=f"main arms (default: all: {' '.join(MAIN_ARMS)})")
+    parser.add_argument("--ablations", nargs="*", default=list(ABLATION_ARMS), choices=list(ABLATION_ARMS),
+                        help=f"ablation arms, first seed only (default: {' '.join(ABLATION_ARMS)}; none: --ablations)")
+    parser.add_argument("--settings", nargs="+", metavar="SETTING",
+                        help="limited-label settings to run (default: all of the mode: scenes_10pct scenes_20pct "
+                        "points_20 points_200; --quick: scenes_25pct scenes_50pct points_20 points_200)")
+    for flag, what in (("teacher-steps", "2D teacher training"), ("clip-steps", "in-world CLIP training"),
+                       ("pretrain-steps", "pretraining of every arm"), ("finetune-steps", "every finetune")):
+        parser.add_argument(f"--{flag}", type=int, help=f"override the steps of {what}")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    defaults = TransferSettings()
-    help_of = {"num_scenes": "synthetic scans", "num_frames": "frames per scan", "student": "student network",
-               "voxel_size": "voxel size in metres", "teacher_steps": "2D teacher training steps",
-               "pretrain_steps": "PPKT pretraining steps per seed", "finetune_steps": "steps of each finetune",
-               "finetune_lr": "finetuning SGD learning rate", "pretrain_lr": "pretraining SGD learning rate",
-               "temperature": "InfoNCE temperature"}
-    types = {f.name: f.type for f in fields(TransferSettings)}
-    for name in SIZE_FLAGS:
-        kind = {"int": int, "float": float, "str": str}[types[name]]
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name),
-                            help=f"{help_of[name]} (default {getattr(defaults, name)})")
-    return parser.parse_args()
+    parser.add_argument("--record", help="also copy results.json to this file (e.g. docs/results/transfer_synthetic.json)")
+    parser.add_argument("--pictures-dir", help="write the PNG pictures here too (e.g. docs/results/)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_debug_flag(parser)
+    return parser
 
 
-def main() -> None:
-    args = parse_args()
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = TransferSettings(**{name: getattr(args, name) for name in SIZE_FLAGS})
-    chosen = args.settings or label_settings(settings)
-    unknown = sorted(set(chosen) - set(label_settings(settings)))
-    if unknown:
-        raise SystemExit(f"unknown --settings {unknown}; choose from {label_settings(settings)}")
+    settings = quick_settings() if args.quick else full_settings()
+    for name in ("teacher_steps", "clip_steps", "pretrain_steps", "finetune_steps"):
+        if getattr(args, name):
+            setattr(settings, name, getattr(args, name))
+    known = label_settings(settings)
+    if args.settings and set(args.settings) - set(known):
+        raise ValueError(f"--settings {sorted(set(args.settings) - set(known))}: not settings of this mode; "
+                         f"choose from {known}")
+    plan = BenchmarkPlan(seeds=args.seeds, world_seed=args.world_seed, label_settings=args.settings or [],
+                         arms=args.arms, ablations=args.ablations)
     work = Path(args.work_dir)
-    started = time.perf_counter()
-
-    print("== data")
-    processed = prepare_synthetic_data(work / "data", settings, seed=0)
-    print("== 2D teacher")
-    teacher, teacher_metrics = train_teacher_stage(processed, work / "teacher", settings, seed=0)
-    print(f"2D teacher: {teacher_metrics['train_frames']} training frames, {teacher_metrics['steps']} steps; "
-          f"validation frames: pixel accuracy {100 * teacher_metrics['val_pixel_accuracy']:.1f} %, "
-          f"pixel mIoU {100 * teacher_metrics['val_pixel_miou']:.1f} %")
-
-    results = []
-    for seed in args.seeds:
-        print(f"== seed {seed}: pretraining")
-        checkpoint = pretrain_stage(processed, teacher, work / f"seed{seed}" / "pretrain", settings, seed=seed)
-        for setting in chosen:
-            for init_name, init in (("scratch", None), ("pretrained", checkpoint)):
-                print(f"== seed {seed}: finetune {setting} from {init_name}")
-                metrics = finetune_stage(processed, setting, init, work / f"seed{seed}" / f"{setting}_{init_name}",
-                                         settings, seed=seed)
-                results.append({"seed": seed, "setting": setting, "init": init_name, "miou": metrics["miou"]})
-        table = summarize(results)
-        print(f"\nafter seed {seed} ({(time.perf_counter() - started) / 60:.1f} min):\n{format_transfer_table(table)}\n")
-
-    table = summarize(results)
-    text = format_transfer_table(table)
-    summary = {"settings": settings_dict(settings), "seeds": args.seeds, "label_settings": chosen,
-               "teacher": teacher_metrics | {"loss": None}, "runs": results, "table": table,
-               "minutes": (time.perf_counter() - started) / 60, "threads": args.threads}
-    write_text_atomic(work / "results.json", json.dumps(summary, indent=2) + "\n")
+    record = run_transfer_benchmark(work, settings, plan, progress=not args.no_progress)
+    arms = ["scratch", *plan.arms, *plan.ablations]
+    table = summarize_runs(record.runs)
+    columns = [*arms, *(f"linear_probe_{a}" for a in plan.arms + plan.ablations),
+               *(f"zeroshot_{a}" for a in plan.arms + plan.ablations if "concept" in ARMS[a].objective),
+               "clip_2d_fusion"]
+    columns = [c for c in columns if any(c in entry for entry in table.values())]
+    text = format_benchmark_table(table, columns)
     write_text_atomic(work / "table.md", text + "\n")
-    plot_transfer_table(table, work / "transfer.png")
+    benchmark_pictures(work, record, settings, plan, table, arms, progress=not args.no_progress)
+    if args.record:
+        Path(args.record).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work / "results.json", args.record)
+    if args.pictures_dir:
+        Path(args.pictures_dir).mkdir(parents=True, exist_ok=True)
+        for name in ("transfer_arms.png", "pretrain_curves.png", "features.png", "zeroshot.png"):
+            if (work / name).exists():
+                shutil.copyfile(work / name, Path(args.pictures_dir) / name)
     print(text)
-    print(f"results.json, table.md, transfer.png in {work}; {summary['minutes']:.1f} min")
+    print(f"results.json, table.md and the pictures in {work}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The tool: its exit code, the project's expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="transfer_synthetic")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as error:  # e.g. a work directory made with other settings
-        raise SystemExit(f"error: {error}") from None
+    sys.exit(main())

@@ -15,6 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from scene_kd.atomic import write_text_atomic
+from scene_kd.config_ranges import range_errors
+
 BASE_KEY = "_base_"
 
 
@@ -72,14 +75,20 @@ def _merge(schema_cfg: DictConfig, other: DictConfig | dict, source: str) -> Dic
         raise ConfigError(f"{source}{where}: {err.msg if hasattr(err, 'msg') else err}".split("\n")[0]) from err
 
 
-def load_config(schema: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """Schema defaults <- recipe chain of `path` <- `overrides` (["optim.lr=0.1", ...]); read-only result."""
+def _schema_and_recipe(schema: type, path: str | os.PathLike | None) -> DictConfig:
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
     _open_free_form_mappings(cfg)
     if path is not None:
         for file, part in _recipe_chain(Path(path)):
             cfg = _merge(cfg, part, str(file))
+    return cfg
+
+
+def load_config(schema: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Schema defaults <- recipe chain of `path` <- `overrides` (["optim.lr=0.1", ...]); read-only result.
+    A value outside its range (`scene_kd/config_ranges.py`) is a ConfigError naming the key."""
+    cfg = _schema_and_recipe(schema, path)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=0.01")
@@ -88,8 +97,28 @@ def load_config(schema: type, path: str | os.PathLike | None = None, overrides: 
         except OmegaConfBaseException as err:
             raise ConfigError(f"override {item!r}: {err}") from err
         cfg = _merge(cfg, parsed, f"override {item!r}")
+    return _checked(cfg)
+
+
+def _checked(cfg: DictConfig) -> DictConfig:
+    """`cfg` made read-only after its numeric keys are checked against `config_ranges.RANGES`."""
+    errors = range_errors(cfg)
+    if errors:
+        raise ConfigError("; ".join(errors))
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def build_config(
+    schema: type, path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
+) -> DictConfig:
+    """Schema defaults <- recipe chain of `path` <- `overrides`, a nested dict such as
+    {"data": {"voxel_size": 0.05}}: how library code builds a config (never from "key=value"
+    strings). Unknown keys and wrong types are `ConfigError`s as in `load_config`; read-only result."""
+    cfg = _schema_and_recipe(schema, path)
+    if overrides:
+        cfg = _merge(cfg, overrides, "overrides")
+    return _checked(cfg)
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -100,10 +129,13 @@ def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     """Write the resolved config atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, path)
+    write_text_atomic(path, to_yaml(cfg))
 
 
 def as_dict(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def plain(value: Any) -> Any:
+    """A config node as plain Python containers (resolved); any other value as it is."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

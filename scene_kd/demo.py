@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scene_kd.atomic import write_text_atomic
 from scene_kd.engine.metrics_log import read_metrics
-from scene_kd.scannet.atomic import write_text_atomic
 from scene_kd.transfer.pipeline import (
     TransferSettings,
     finetune_stage,

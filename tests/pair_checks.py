@@ -18,7 +18,7 @@ FRAME_SKIP = 2
 def make_processed_scans(root: Path, num_scenes: int = 1, num_frames: int = 8, seed: int = 1) -> Path:
     """Write `num_scenes` synthetic scans under root/raw and process them into root/out."""
     from scene_kd.scannet.preprocess import preprocess_dataset
-    from scene_kd.scannet.synthetic import write_synthetic_scannet
+    from scene_kd.synthetic import write_synthetic_scannet
 
     write_synthetic_scannet(
         root / "raw", num_scenes=num_scenes, seed=seed, num_frames=num_frames, workers=1, **RAW_SIZES

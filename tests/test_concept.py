@@ -27,11 +27,11 @@ from scene_kd.distill.pretrain import build_objective, build_pretrain_dataset, r
 from scene_kd.distill.schema import PretrainConfig
 from scene_kd.engine.checkpoint import load_checkpoint
 from scene_kd.engine.metrics_log import read_metrics
-from scene_kd.engine.trainer import seed_everything
+from scene_kd.engine.seeding import seed_everything
 from scene_kd.models import build_student
 from scene_kd.models.concept import ConceptHead, pad_point_sets, select_keys
 from scene_kd.models.teachers import build_teacher
-from scene_kd.models.teachers_base import CLIP_MEAN, CLIP_STD
+from scene_kd.models.teachers.base import CLIP_MEAN, CLIP_STD
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = "scene-kd-test-tiny-vit"
@@ -68,7 +68,7 @@ def processed(tmp_path_factory):
 CLIP_TEACHER = ("teacher.name=clip", "teacher.allow_random=true", f"teacher.options.model={TINY_VIT}")
 SMALL_CNN_TEACHER = (
     "teacher.name=import", "teacher.allow_random=true",
-    "teacher.options.target=scene_kd.models.small_teacher:small_cnn",
+    "teacher.options.target=tests.fixtures.small_teacher:small_cnn",
     "teacher.options.out_channels=32", "teacher.options.stride=4",
     "teacher.options.factory_kwargs={out_channels: 32, width: 16}",
 )

@@ -1,4 +1,4 @@
-"""scene_kd.eval.boxes (conversions, volume, IoU, NMS) and scene_kd.scannet.boxes (ground-truth
+"""scene_kd.box_geometry (conversions, volume, IoU, NMS) and scene_kd.scannet.boxes (ground-truth
 boxes of a scan) against hand-worked values and the synthetic generator's known objects."""
 
 from __future__ import annotations
@@ -10,10 +10,16 @@ import pytest
 import torch
 from pair_checks import RAW_SIZES, make_processed_scans
 
-from scene_kd.eval.boxes import box_iou_3d, box_volume, center_size_to_corners, corners_to_center_size, nms_3d
+from scene_kd.box_geometry import (
+    box_iou_3d,
+    box_volume,
+    center_size_to_corners,
+    corners_to_center_size,
+    nms_3d,
+)
 from scene_kd.scannet.boxes import instance_boxes, load_scene_boxes, seg20_to_det18
 from scene_kd.scannet.labels import DET18_NAMES, DET18_NYU40_IDS, SEG20_NAMES, SEG20_NYU40_IDS, nyu40_to_det18
-from scene_kd.scannet.synthetic import scene_room
+from scene_kd.synthetic import scene_room
 
 UNIT = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from pair_checks import make_processed_scans
 
+from scene_kd.box_geometry import box_corner_points
 from scene_kd.eval.detection import (
     average_precision,
-    box_corner_points,
     class_colors,
     evaluate_detection,
     format_ap_table,

@@ -10,23 +10,29 @@ import torch
 from omegaconf import OmegaConf
 from pair_checks import make_processed_scans
 
+from scene_kd.box_geometry import points_inside_boxes
 from scene_kd.data.det_dataset import (
     DetAugmentation,
     DetectionDataset,
     collate_detection,
     transform_boxes,
-    transform_points,
 )
-from scene_kd.finetune.det import detection_losses, predict_boxes
-from scene_kd.finetune.det_assigner import assign_voxels, box_levels, centerness_targets, points_inside_boxes
-from scene_kd.finetune.det_losses import axis_aligned_iou_loss, centerness_loss, sigmoid_focal_loss
-from scene_kd.finetune.det_schema import DetLossConfig
+from scene_kd.data.geometry import transform_points
+from scene_kd.finetune.det.assign import assign_voxels, box_levels, centerness_targets
+from scene_kd.finetune.det.losses import (
+    axis_aligned_iou_loss,
+    centerness_loss,
+    detection_losses,
+    sigmoid_focal_loss,
+)
+from scene_kd.finetune.det.model import DetectionHead, LevelOutput, SparseDetector, decode_boxes, encode_boxes
+from scene_kd.finetune.det.postprocess import predict_boxes
+from scene_kd.finetune.det.schema import DetLossConfig
 from scene_kd.models import build_student
-from scene_kd.models.det_head import DetectionHead, LevelOutput, SparseDetector, decode_boxes, encode_boxes
 from scene_kd.scannet.boxes import load_scene_boxes
 from scene_kd.scannet.splits import write_split
 from scene_kd.sparse import SparseTensor, batched_coordinates, get_backend, minkowski_available
-from scene_kd.sparse.toy import room_voxels
+from scene_kd.sparse.fixtures import room_voxels
 
 
 @pytest.fixture(scope="module")

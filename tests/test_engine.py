@@ -13,10 +13,10 @@ from torch import nn
 from scene_kd.config import ConfigError, load_config, save_config
 from scene_kd.distill.infonce import pixel_point_infonce
 from scene_kd.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from scene_kd.engine.launch import train
 from scene_kd.engine.metrics_log import read_metrics
 from scene_kd.engine.optim import build_optimizer, build_scheduler, lr_factor
 from scene_kd.engine.schema import OptimConfig, ScheduleConfig, TrainConfig
-from scene_kd.engine.trainer import train
 
 
 class ToyData(torch.utils.data.Dataset):

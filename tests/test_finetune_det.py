@@ -18,13 +18,14 @@ from scene_kd.config import load_config
 from scene_kd.engine.checkpoint import load_checkpoint
 from scene_kd.engine.metrics_log import read_metrics
 from scene_kd.eval.detection import evaluate_detection
-from scene_kd.finetune.det import build_det_model, init_backbone, run_finetune_det
-from scene_kd.finetune.det_schema import FinetuneDetConfig
+from scene_kd.finetune.det.model import build_det_model, init_backbone
+from scene_kd.finetune.det.run import run_finetune_det
+from scene_kd.finetune.det.schema import FinetuneDetConfig
 from scene_kd.models import build_student
 from scene_kd.scannet.boxes import align_points, load_scene_boxes
 from scene_kd.scannet.labels import DET18_NAMES
 from scene_kd.sparse import SparseTensor, batched_coordinates
-from scene_kd.sparse.toy import room_voxels
+from scene_kd.sparse.fixtures import room_voxels
 
 REPO = Path(__file__).resolve().parents[1]
 

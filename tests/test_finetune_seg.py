@@ -15,13 +15,13 @@ from pair_checks import make_processed_scans, run_torchrun
 from scene_kd.config import load_config
 from scene_kd.engine.checkpoint import load_checkpoint
 from scene_kd.engine.metrics_log import read_metrics
-from scene_kd.finetune.inference import predict_scene
+from scene_kd.eval.inference import predict_scene
 from scene_kd.finetune.init_weights import init_from_checkpoint
 from scene_kd.finetune.schema import FinetuneSegConfig
 from scene_kd.finetune.seg import build_seg_model, run_finetune_seg
 from scene_kd.models import build_student
 from scene_kd.sparse import SparseTensor, batched_coordinates, get_backend
-from scene_kd.sparse.toy import room_voxels
+from scene_kd.sparse.fixtures import room_voxels
 
 REPO = Path(__file__).resolve().parents[1]
 

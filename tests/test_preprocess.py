@@ -371,7 +371,7 @@ def test_two_synthetic_scans(tmp_path):
     from scene_kd.scannet.labels import nyu40_to_seg20, raw_to_seg200, read_label_tsv
     from scene_kd.scannet.mesh import read_labels_ply, read_mesh_ply
     from scene_kd.scannet.sens import SensReader
-    from scene_kd.scannet.synthetic import write_synthetic_scannet
+    from scene_kd.synthetic import write_synthetic_scannet
 
     root, out = tmp_path / "raw", tmp_path / "out"
     scene_ids = write_synthetic_scannet(

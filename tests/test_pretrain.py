@@ -23,7 +23,7 @@ from scene_kd.sparse import minkowski_available
 REPO = Path(__file__).resolve().parents[1]
 SMALL_TEACHER = [
     "teacher.name=import", "teacher.allow_random=true",
-    "teacher.options.target=scene_kd.models.small_teacher:small_cnn",
+    "teacher.options.target=tests.fixtures.small_teacher:small_cnn",
     "teacher.options.out_channels=32", "teacher.options.stride=4",
     "teacher.options.factory_kwargs={out_channels: 32, width: 16}",
 ]
@@ -83,11 +83,11 @@ def test_killed_pretraining_resumes_to_the_same_student(processed, tmp_path, mon
     calls = {"n": 0}
     forward = PPKTObjective.forward
 
-    def dies_in_step_six(self, batch):
+    def dies_in_step_six(self, batch, generator=None):
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt("killed")
-        return forward(self, batch)
+        return forward(self, batch, generator)
 
     monkeypatch.setattr(PPKTObjective, "forward", dies_in_step_six)
     with pytest.raises(KeyboardInterrupt):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from pair_checks import make_processed_scans
 
+from scene_kd.data.scenes import read_point_subset, read_scene_subset
 from scene_kd.data.seg_augment import (
     SegAugmentation,
     chromatic_auto_contrast,
@@ -24,8 +25,6 @@ from scene_kd.data.subsets import (
     draw_point_subsets,
     draw_scene_subsets,
     make_data_efficient_subsets,
-    read_point_subset,
-    read_scene_subset,
 )
 
 VOXEL = 0.1  # the synthetic scans' vertices are 8 cm apart: several points per voxel

@@ -17,9 +17,9 @@ from scene_kd.scannet.layout import LABEL_TSV_NAME, scene_paths
 from scene_kd.scannet.mesh import read_labels_ply, read_mesh_ply
 from scene_kd.scannet.sens import SensReader
 from scene_kd.scannet.splits import read_split
-from scene_kd.scannet.synthetic import scene_room, write_synthetic_scannet
-from scene_kd.scannet.synthetic_catalog import CATEGORIES
-from scene_kd.scannet.synthetic_render import (
+from scene_kd.synthetic import scene_room, write_synthetic_scannet
+from scene_kd.synthetic.catalog import CATEGORIES
+from scene_kd.synthetic.render import (
     SCANNET_COLOR_PINHOLE,
     SCANNET_DEPTH_PINHOLE,
     FrameRenderer,
@@ -28,7 +28,7 @@ from scene_kd.scannet.synthetic_render import (
     color_intrinsics,
     depth_intrinsics,
 )
-from scene_kd.scannet.synthetic_room import generate_room
+from scene_kd.synthetic.room import generate_room
 
 # Small and fast, with ScanNet's aspect ratios (a quarter of each side).
 SMALL = {"num_frames": 16, "color_size": (324, 242), "depth_size": (160, 120), "vertex_spacing": 0.08}
@@ -310,7 +310,7 @@ def test_color_resampled_from_depth_rays_matches_color_rays():
 
 
 def test_interrupted_write_leaves_no_scan(tmp_path, monkeypatch):
-    import scene_kd.scannet.synthetic as synthetic
+    import scene_kd.synthetic.scans as synthetic
 
     calls = []
 

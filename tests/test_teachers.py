@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scene_kd.models.teachers import TEACHERS, build_teacher, clip_text_embeddings, freeze_teacher
-from scene_kd.models.teachers_base import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
-from scene_kd.models.teachers_clip import ClipResNetTeacher
+from scene_kd.models.teachers import TEACHERS, build_teacher, freeze_teacher
+from scene_kd.models.teachers.base import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+from scene_kd.models.teachers.clip import ClipResNetTeacher, clip_text_embeddings
 
 H, W = 240, 320
 
@@ -287,7 +287,7 @@ def test_import_teacher_from_a_user_module(tmp_path, monkeypatch):
 
 
 def test_unknown_teacher_and_bad_images():
-    assert set(TEACHERS) == {"resnet50", "clip", "import"}
+    assert set(TEACHERS) == {"resnet50", "clip", "frame_encoder", "import"}
     with pytest.raises(ValueError, match="unknown teacher"):
         build_teacher("dino")
     teacher = build_teacher("resnet50", layer="layer3", allow_random=True)

@@ -1,6 +1,7 @@
 """The transfer experiment's pieces: 2D frame labels by projection, the frame teacher (training,
-saving, loading as an import teacher), the result table, the correspondence overlay, and the demo
-end to end at toy size."""
+saving, loading as the named `frame_encoder` teacher and as an import teacher), the configs the
+stages build, quiet stages without progress, the result table, the correspondence overlay, and the
+demo end to end at toy size."""
 
 from __future__ import annotations
 
@@ -13,10 +14,19 @@ import torch
 
 from scene_kd.data.correspondence import RGBDCamera
 from scene_kd.models.teachers import build_teacher
+from scene_kd.models.teachers.frame_encoder import frame_encoder
 from scene_kd.scannet.frame_types import RGBDFrame
 from scene_kd.transfer.frame_labels import frame_label_image
-from scene_kd.transfer.frame_teacher import frame_encoder, predict_frames, train_frame_teacher
-from scene_kd.transfer.pipeline import format_transfer_table, summarize
+from scene_kd.transfer.frame_teacher import predict_frames, train_frame_teacher
+from scene_kd.transfer.pipeline import (
+    TransferSettings,
+    finetune_config,
+    format_transfer_table,
+    prepare_synthetic_data,
+    pretrain_config,
+    summarize,
+    train_teacher_stage,
+)
 from scene_kd.transfer.plots import paint_pixels, position_colors, side_by_side
 
 # A 40 x 30 color camera and a 20 x 15 depth camera looking down +z from the origin.
@@ -70,7 +80,7 @@ def test_frame_teacher_learns_saves_and_loads_as_import_teacher(tmp_path):
     assert metrics["loss"][-1] < 0.5 * metrics["loss"][0]
     assert metrics["val_pixel_accuracy"] > 0.9
     teacher = build_teacher("import", weights=str(tmp_path / "teacher.pth"), target=
-                            "scene_kd.transfer.frame_teacher:frame_encoder", out_channels=8, stride=4,
+                            "scene_kd.models.teachers.frame_encoder:frame_encoder", out_channels=8, stride=4,
                             factory_kwargs={"out_channels": 8, "width": 8})
     encoder = frame_encoder(8, 8, weights=tmp_path / "teacher.pth").eval()
     images = torch.from_numpy(val["images"]).permute(0, 3, 1, 2).float() / 255
@@ -94,6 +104,61 @@ def test_frame_teacher_learns_saves_and_loads_as_import_teacher(tmp_path):
         frame_encoder(8, 8, weights=tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="not a frame_encoder"):
         frame_encoder(16, 8, weights=tmp_path / "teacher.pth")
+
+
+def test_frame_encoder_is_a_named_teacher(tmp_path):
+    encoder = frame_encoder(8, 8, seed=3).eval()
+    torch.save({"encoder": encoder.state_dict()}, tmp_path / "teacher.pth")
+    teacher = build_teacher("frame_encoder", weights=str(tmp_path / "teacher.pth"), out_channels=8, width=8)
+    assert (teacher.out_channels, teacher.stride, teacher.embed_dim) == (8, 4, None)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    images = torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    imported = build_teacher("import", weights=str(tmp_path / "teacher.pth"), out_channels=8, stride=4,
+                             target="scene_kd.models.teachers.frame_encoder:frame_encoder",
+                             factory_kwargs={"out_channels": 8, "width": 8})
+    features = teacher(images)
+    assert features.shape == (2, 8, 6, 8)
+    torch.testing.assert_close(features, imported(images))
+    missing = tmp_path / "nowhere" / "teacher.pth"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        build_teacher("frame_encoder", weights=str(missing), out_channels=8, width=8)
+    with pytest.raises(ValueError, match="weights are required"):
+        build_teacher("frame_encoder", weights=None)
+
+
+def test_stage_configs_are_typed_and_name_the_frame_encoder(tmp_path):
+    settings = TransferSettings(teacher_channels=8, teacher_width=8, image_size=(48, 36), pretrain_mode="frame")
+    weights = tmp_path / "teacher.pth"
+    torch.save({"encoder": frame_encoder(8, 8).state_dict()}, weights)
+    cfg = pretrain_config(tmp_path / "processed", weights, tmp_path / "run", settings, seed=2, progress=False)
+    assert (cfg.teacher.name, cfg.teacher.weights) == ("frame_encoder", str(weights))
+    assert list(cfg.data.image_size) == [48, 36] and cfg.data.frames_per_sample == 1 and cfg.train.seed == 2
+    assert cfg.train.progress is False and cfg.schedule.warmup_steps == 30
+    teacher = build_teacher(cfg.teacher.name, weights=cfg.teacher.weights, allow_random=cfg.teacher.allow_random,
+                            **cfg.teacher.options)
+    assert teacher.out_channels == 8
+    cfg = finetune_config(tmp_path / "processed", "points_20", None, tmp_path / "ft", settings, seed=1)
+    assert cfg.data.labelled_points == str(tmp_path / "processed" / "subsets" / "points_20.json")
+    assert cfg.data.scene_subset is None and cfg.model.init is None and cfg.eval.write_predictions is False
+    cfg = finetune_config(tmp_path / "processed", "scenes_10pct", weights, tmp_path / "ft", settings, seed=1)
+    assert cfg.data.scene_subset.endswith("scenes_10pct.txt") and cfg.model.init == str(weights)
+    with pytest.raises(ValueError, match="unknown label setting"):
+        finetune_config(tmp_path / "processed", "some", None, tmp_path / "ft", settings, seed=1)
+
+
+def test_teacher_stage_draws_no_progress_bar_when_told_not_to(tmp_path, capsys):
+    settings = TransferSettings(num_scenes=2, val_fraction=0.5, num_frames=4, frame_skip=2, image_size=(40, 30),
+                                teacher_steps=2, teacher_width=4, teacher_channels=4, scene_percents=[],
+                                point_counts=[5])
+    processed = prepare_synthetic_data(tmp_path / "data", settings, progress=False)
+    capsys.readouterr()
+    train_teacher_stage(processed, tmp_path / "quiet", settings, progress=False)
+    quiet = capsys.readouterr()
+    assert quiet.err == "" and quiet.out == ""
+    # The same stage with progress draws its bars where the capture sees them.
+    train_teacher_stage(processed, tmp_path / "loud", settings, progress=True)
+    loud = capsys.readouterr().err
+    assert "frame labels" in loud and "2D teacher" in loud
 
 
 def test_summarize_means_spreads_and_paired_gains():

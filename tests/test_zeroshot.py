@@ -19,7 +19,7 @@ from test_concept import SMALL_CNN_TEACHER, TINY_VIT, register_tiny_clips, small
 from scene_kd.config import load_config
 from scene_kd.distill.pretrain import run_pretraining
 from scene_kd.distill.schema import PretrainConfig
-from scene_kd.distill.zeroshot import (
+from scene_kd.eval.zeroshot import (
     SCANNET_TEMPLATES,
     ZeroShotSegmenter,
     load_pretrained_concept_model,

@@ -17,12 +17,14 @@ A rerun reuses finished stages (delete the output directory to start over).
 from __future__ import annotations
 
 import argparse
+import sys
 
+from scene_kd.cli import add_debug_flag, run_tool
 from scene_kd.demo import DEMO_SETTINGS, demo_settings, run_demo
 from scene_kd.models import STUDENTS
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = DEMO_SETTINGS
     parser.add_argument("--out", default="outputs/demo", help="output directory (default outputs/demo)")
@@ -39,18 +41,22 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=d.finetune_steps,
                         help=f"steps of each segmentation finetune (default {d.finetune_steps})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args()
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
     if min(args.scenes - 1, args.frames, args.teacher_steps, args.pretrain_steps, args.finetune_steps) < 1 \
             or args.voxel_size <= 0:
         parser.error("need --scenes >= 2 (one for validation), --frames and the step counts >= 1, --voxel-size > 0")
     settings = demo_settings(num_scenes=args.scenes, num_frames=args.frames, student=args.student,
                              voxel_size=args.voxel_size, teacher_steps=args.teacher_steps,
                              pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps)
-    try:
-        run_demo(args.out, seed=args.seed, settings=settings, progress=not args.no_progress)
-    except ValueError as error:  # e.g. an output directory made with other settings
-        parser.exit(1, f"error: {error}\n")
+    run_demo(args.out, seed=args.seed, settings=settings, progress=not args.no_progress)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The tool: its exit code, the project's expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="demo")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

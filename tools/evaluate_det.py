@@ -17,7 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from scene_kd.data.pretrain_dataset import resolve_scene_ids
+from scene_kd.cli import add_debug_flag, run_tool
+from scene_kd.data.scenes import resolve_scene_ids
 from scene_kd.eval.detection import (
     DEFAULT_IOU_THRESHOLDS,
     evaluate_detection,
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --out-dir, also write the ground-truth boxes as <scene>_gt_boxes.ply",
     )
+    add_debug_flag(parser)
     return parser  # fmt: skip
 
 
@@ -87,21 +89,17 @@ def select_scenes(data_root: Path, pred_dir: Path, split: str | None, scenes: li
     return sorted(selected)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     data_root, pred_dir = Path(args.data_root), Path(args.pred_dir)
-    try:
-        if not data_root.is_dir():
-            raise FileNotFoundError(f"{data_root}: processed data root not found")
-        scene_ids = select_scenes(data_root, pred_dir, args.split, args.scenes)
-        if not scene_ids:
-            raise ValueError("no scenes selected (empty split, or --scenes outside the split)")
-        predictions = read_prediction_dir(pred_dir, scene_ids, DET18_NAMES)
-        ground_truth = load_ground_truth(data_root, scene_ids)
-        results = evaluate_detection(predictions, ground_truth, DET18_NAMES, args.iou_thresholds)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"evaluate_det: error: {e}", file=sys.stderr)
-        return 1
+    if not data_root.is_dir():
+        raise FileNotFoundError(f"{data_root}: processed data root not found")
+    scene_ids = select_scenes(data_root, pred_dir, args.split, args.scenes)
+    if not scene_ids:
+        raise ValueError("no scenes selected (empty split, or --scenes outside the split)")
+    predictions = read_prediction_dir(pred_dir, scene_ids, DET18_NAMES)
+    ground_truth = load_ground_truth(data_root, scene_ids)
+    results = evaluate_detection(predictions, ground_truth, DET18_NAMES, args.iou_thresholds)
     print(f"{len(scene_ids)} scenes")
     print(format_ap_table(results, DET18_NAMES), end="")
     if args.out_dir:
@@ -109,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         write_detection_outputs(results, predictions, args.out_dir, DET18_NAMES, ground_truth=gt)
         print(f"wrote {args.out_dir}/det_results.json, det_table.txt and per-scene boxes")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The tool: its exit code, the project's expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="evaluate_det")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scene_kd.cli import add_debug_flag, run_tool
 from scene_kd.eval.semseg import (
     evaluate_submission_dir,
     format_iou_table,
@@ -33,25 +34,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scenes", nargs="+", metavar="SCENE_ID", help="evaluate these scene ids")
     parser.add_argument("--out", help="write metrics.json, table.md and confusion.png here")
+    add_debug_flag(parser)
     return parser  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        scene_ids = select_eval_scenes(args.pred, args.data, split=args.split, scenes=args.scenes)
-        if not scene_ids:
-            raise ValueError("no scenes selected (empty split, or --scenes outside the split)")
-        confusion = evaluate_submission_dir(args.pred, args.data, scene_ids)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"evaluate_seg: error: {e}", file=sys.stderr)
-        return 1
+    scene_ids = select_eval_scenes(args.pred, args.data, split=args.split, scenes=args.scenes)
+    if not scene_ids:
+        raise ValueError("no scenes selected (empty split, or --scenes outside the split)")
+    confusion = evaluate_submission_dir(args.pred, args.data, scene_ids)
     print(f"{len(scene_ids)} scenes")
     print(format_iou_table(confusion), end="")
     if args.out:
         write_evaluation_outputs(args.out, confusion, scenes=scene_ids)
         print(f"wrote {args.out}/metrics.json, table.md, confusion.png")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The tool: its exit code, the project's expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="evaluate_seg")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import sys
 
-from scene_kd.finetune.cli import FinetuneCommand, finetune_main
-from scene_kd.finetune.det import evaluate_checkpoint, run_finetune_det
-from scene_kd.finetune.det_schema import FinetuneDetConfig
+from scene_kd.cli import JobCommand, job_main, run_tool
+from scene_kd.finetune.det.run import evaluate_checkpoint, run_finetune_det
+from scene_kd.finetune.det.schema import FinetuneDetConfig
 
-COMMAND = FinetuneCommand(
+COMMAND = JobCommand(
     schema=FinetuneDetConfig, run=run_finetune_det, evaluate=evaluate_checkpoint, recipe_dir="configs/finetune_det",
     override_example="optim.lr=0.002",
     init_help="pretraining or MinkowskiEngine checkpoint to start the backbone from (model.init)",
@@ -34,8 +34,13 @@ COMMAND = FinetuneCommand(
 )
 
 
+def run(argv: list[str] | None = None) -> int:
+    return job_main(COMMAND, __doc__, argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return finetune_main(COMMAND, __doc__, argv)
+    """The tool: its exit code, the project's expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="finetune_det")
 
 
 if __name__ == "__main__":

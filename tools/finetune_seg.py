@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import sys
 
-from scene_kd.finetune.cli import FinetuneCommand, finetune_main
+from scene_kd.cli import JobCommand, job_main, run_tool
 from scene_kd.finetune.schema import FinetuneSegConfig
 from scene_kd.finetune.seg import evaluate_checkpoint, run_finetune_seg
 
-COMMAND = FinetuneCommand(
+COMMAND = JobCommand(
     schema=FinetuneSegConfig, run=run_finetune_seg, evaluate=evaluate_checkpoint, recipe_dir="configs/finetune_seg",
     override_example="optim.lr=0.05",
     init_help="pretraining or MinkowskiEngine checkpoint to start from (model.init)",
@@ -30,8 +30,13 @@ COMMAND = FinetuneCommand(
 )
 
 
+def run(argv: list[str] | None = None) -> int:
+    return job_main(COMMAND, __doc__, argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return finetune_main(COMMAND, __doc__, argv)
+    """The tool: its exit code, the project's expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="finetune_seg")
 
 
 if __name__ == "__main__":

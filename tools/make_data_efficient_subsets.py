@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scene_kd.cli import add_debug_flag, run_tool
 from scene_kd.data.subsets import POINT_COUNTS, SCENE_PERCENTS, make_data_efficient_subsets
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", nargs="?", help="processed dataset directory (tools/preprocess_scannet.py output)")
     parser.add_argument("--root", dest="root_option", metavar="ROOT", help="the same, as an option")
@@ -30,21 +31,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="percentages of the split's scenes (default: 1 5 10 20)")
     parser.add_argument("--point-counts", type=int, nargs="*", default=list(POINT_COUNTS),
                         help="labelled points per scene (default: 20 50 100 200)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if (args.root is None) == (args.root_option is None):
         parser.error("give the processed dataset directory once, as ROOT or --root ROOT")
     root = args.root if args.root is not None else args.root_option
-    try:
-        written = make_data_efficient_subsets(
-            root, args.out, split=args.split, scene_percents=args.scene_percents,
-            point_counts=args.point_counts, seed=args.seed,
-        )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    written = make_data_efficient_subsets(root, args.out, split=args.split, scene_percents=args.scene_percents,
+                                          point_counts=args.point_counts, seed=args.seed)
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The tool: its exit code, the project's expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="make_data_efficient_subsets")
 
 
 if __name__ == "__main__":

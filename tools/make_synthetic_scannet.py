@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from scene_kd.cli import add_debug_flag, run_tool
+
 
 def parse_size(text: str) -> tuple[int, int]:
     """'WxH' -> (W, H)."""
@@ -61,13 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="threads rendering and encoding frames (the output does not depend on it)",
     )
+    add_debug_flag(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from scene_kd.scannet.synthetic import write_synthetic_scannet
+    from scene_kd.synthetic import write_synthetic_scannet
 
     start = time.perf_counter()
     try:
@@ -88,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     print(f"wrote {len(scene_ids)} scans to {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The tool: its exit code, the project's expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="make_synthetic_scannet")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
     python tools/preprocess_scannet.py --scannet-root RAW --out DATA --workers 8
 
-Resumable (finished scenes are skipped) and safe to kill; exits with status 1 if any scene
-failed, after printing each failure's reason.
+Resumable (finished scenes are skipped) and safe to kill, even with kill -9 (the worker processes
+die with it); exits with status 1 if any scene failed, after printing each failure's reason.
+Refuses to start (status 1, one line) when another run holds the lock of --out, or when a scene
+in --out was processed with other settings (--frame-skip, --image-size, --jpeg-quality,
+--depth-png, label tsv): use another --out or delete those scenes. See docs/data_format.md.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from scene_kd.atomic import write_text_atomic
+from scene_kd.cli import add_debug_flag, run_tool
 from scene_kd.scannet.codecs import PNG16_COMPRESSIONS
 from scene_kd.scannet.preprocess import (
     DEFAULT_DEPTH_PNG,
@@ -95,10 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--summary-json", help="also write the per-scene outcomes to this JSON file")
+    add_debug_flag(parser)
     return parser  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     summary = preprocess_dataset(
         args.scannet_root,
@@ -116,8 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(format_summary(summary))
     if args.summary_json:
-        Path(args.summary_json).write_text(summary_to_json(summary))
+        write_text_atomic(Path(args.summary_json), summary_to_json(summary))
     return 1 if summary.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The tool: its exit code, the project's expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="preprocess_scannet")
 
 
 if __name__ == "__main__":

@@ -9,36 +9,31 @@ CLIP concept distillation, or both (loss.objective: ppkt | concept | ppkt+concep
 Any config key can be overridden as key=value (see configs/pretrain/default.yaml for every key);
 an unknown key is an error. The resolved config, checkpoints (every train.checkpoint_every steps,
 written atomically), metrics.jsonl and TensorBoard logs go to train.out_dir; a run started again
-with the same out_dir resumes from its last checkpoint (train.resume=false starts over). The concept
+with the same out_dir resumes from its last checkpoint (with train.resume=false a directory that
+holds checkpoints is refused: choose another train.out_dir to start over). The concept
 objectives need a CLIP teacher and keep the concept head in the checkpoint for tools/zeroshot_seg.py
 (docs/concept_distillation.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from scene_kd.config import ConfigError, load_config, to_yaml
+from scene_kd.cli import JobCommand, job_main, run_tool
 from scene_kd.distill.pretrain import run_pretraining
 from scene_kd.distill.schema import PretrainConfig
 
+COMMAND = JobCommand(schema=PretrainConfig, run=run_pretraining, recipe_dir="configs/pretrain",
+                     override_example="optim.lr=0.1")
+
+
+def run(argv: list[str] | None = None) -> int:
+    return job_main(COMMAND, __doc__, argv)
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="recipe YAML (configs/pretrain/*.yaml); without it, the schema defaults")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.1")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = parser.parse_intermixed_args(argv)
-    try:
-        cfg = load_config(PretrainConfig, args.config, args.overrides)
-    except ConfigError as err:
-        parser.error(str(err))
-    if args.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
-    run_pretraining(cfg)
-    return 0
+    """The tool: its exit code, the project's expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="pretrain")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scene_kd.distill.zeroshot import SCANNET_TEMPLATES, zeroshot_segmentation
+from scene_kd.cli import add_debug_flag, run_tool
 from scene_kd.eval.semseg import format_iou_table
+from scene_kd.eval.zeroshot import SCANNET_TEMPLATES, zeroshot_segmentation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,25 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="voxel size in metres (default: the checkpoint's data.voxel_size)")
     parser.add_argument("--chunk-voxels", type=int, default=400_000,
                         help="scenes with more voxels run in overlapping blocks of at most this many (default 400000)")
+    add_debug_flag(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        confusion = zeroshot_segmentation(
-            args.checkpoint, args.data_root, args.split, clip_model=args.clip_model, clip_weights=args.clip_weights,
-            pretrained=args.pretrained, cache_dir=args.cache_dir, allow_random=args.allow_random,
-            templates=tuple(args.templates) if args.templates else SCANNET_TEMPLATES, out_dir=args.out_dir,
-            write_predictions=args.write_predictions, device=args.device, voxel_size=args.voxel_size,
-            chunk_voxels=args.chunk_voxels, progress=True)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"zeroshot_seg: error: {error}", file=sys.stderr)
-        return 1
+    confusion = zeroshot_segmentation(
+        args.checkpoint, args.data_root, args.split, clip_model=args.clip_model, clip_weights=args.clip_weights,
+        pretrained=args.pretrained, cache_dir=args.cache_dir, allow_random=args.allow_random,
+        templates=tuple(args.templates) if args.templates else SCANNET_TEMPLATES, out_dir=args.out_dir,
+        write_predictions=args.write_predictions, device=args.device, voxel_size=args.voxel_size,
+        chunk_voxels=args.chunk_voxels, progress=True)
     print(format_iou_table(confusion), end="")
     if args.out_dir:
         print(f"wrote {args.out_dir}/metrics.json, table.md, confusion.png")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The tool: its exit code, the project's expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="zeroshot_seg")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,15 @@ import numpy as np
 import torch
 
 from scene_kd.data.augment import coerce_augmentation
-from scene_kd.data.pretrain_dataset import resolve_scene_ids
+from scene_kd.data.geometry import transform_points
+from scene_kd.data.scenes import (
+    feature_channels,
+    feature_fields,
+    input_features,
+    load_scene,
+    resolve_scene_ids,
+    select_scene_subset,
+)
 from scene_kd.data.seg_augment import (
     check_probabilities,
     chromatic_auto_contrast,
@@ -30,8 +38,6 @@ from scene_kd.data.seg_augment import (
     scale_range,
     transform_normals,
 )
-from scene_kd.data.seg_dataset import IN_FEATURES, load_scene_array
-from scene_kd.data.subsets import read_scene_subset
 from scene_kd.scannet.boxes import align_points, instance_boxes
 from scene_kd.sparse.quantize import batched_coordinates, sparse_quantize
 
@@ -44,13 +50,8 @@ def transform_boxes(boxes: np.ndarray, transform: np.ndarray) -> np.ndarray:
     bits = np.arange(8)
     corners = np.stack([np.where((bits >> axis) & 1, boxes[:, None, 3 + axis], boxes[:, None, axis])
                         for axis in range(3)], axis=2)  # [G, 8, 3]
-    moved = corners @ transform[:3, :3].T + transform[:3, 3]
+    moved = transform_points(corners.reshape(-1, 3), transform).reshape(-1, 8, 3)
     return np.concatenate([moved.min(1), moved.max(1)], axis=1) if len(boxes) else np.zeros((0, 6))
-
-
-def transform_points(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
-    """float64 [P, 3]: points [P, 3] moved by the [4, 4] `transform`."""
-    return np.asarray(points, dtype=np.float64) @ transform[:3, :3].T + transform[:3, 3]
 
 
 @dataclass(frozen=True)
@@ -108,21 +109,6 @@ class DetAugmentation:
         return chromatic_jitter(colors, rng, self.color_jitter_p, self.color_jitter_std)
 
 
-def select_scene_subset(scene_ids: list[str], scene_subset, split) -> list[str]:
-    """The scenes of `scene_ids` listed in `scene_subset` (a scene-list file or a list), in split
-    order; an id outside the split is a ValueError naming the file."""
-    if scene_subset is None:
-        return scene_ids
-    from_file = isinstance(scene_subset, (str, os.PathLike))
-    subset = read_scene_subset(scene_subset) if from_file else list(scene_subset)
-    outside = sorted(set(subset) - set(scene_ids))
-    if outside:
-        raise ValueError(f"scene_subset {scene_subset if from_file else '(list)'}: {len(outside)} scene(s) not in "
-                         f"split {split!r}: {', '.join(outside[:5])}")
-    keep = set(subset)
-    return [s for s in scene_ids if s in keep]
-
-
 class DetectionDataset(torch.utils.data.Dataset):
     """Voxelized scenes in the axis-aligned frame with their 18-class boxes.
 
@@ -155,8 +141,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         seed: int = 0,
         min_box_points: int = 1,
     ):
-        if in_features not in IN_FEATURES:
-            raise ValueError(f"in_features must be one of {sorted(IN_FEATURES)}, got {in_features!r}")
+        feature_channels(in_features)
         if not voxel_size > 0:
             raise ValueError(f"voxel_size must be positive, got {voxel_size}")
         self.root = Path(root)
@@ -173,7 +158,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     @property
     def in_channels(self) -> int:
         """Feature channels of `feats`: 3 (rgb) or 6 (rgb+normal)."""
-        return IN_FEATURES[self.in_features]
+        return feature_channels(self.in_features)
 
     def __len__(self) -> int:
         return len(self.scene_ids)
@@ -185,24 +170,14 @@ class DetectionDataset(torch.utils.data.Dataset):
     def load_aligned(self, scene_id: str) -> dict[str, np.ndarray]:
         """The scene in the aligned frame: points float64 [P, 3], colors [P, 3], normals [P, 3]
         (aligned) or None, boxes float64 [G, 6], labels int64 [G]; errors name the file."""
-        scene_dir = self.root / scene_id
-        coord = load_scene_array(scene_dir, "coord.npy", integer=False, columns=3, num_points=None)
-        n = len(coord)
-        colors = load_scene_array(scene_dir, "color.npy", integer=True, columns=3, num_points=n)
-        segment20 = load_scene_array(scene_dir, "segment20.npy", integer=True, columns=None, num_points=n)
-        instance = load_scene_array(scene_dir, "instance.npy", integer=True, columns=None, num_points=n)
-        axis_align_path = scene_dir / "axis_align.npy"
-        if not axis_align_path.is_file():
-            raise FileNotFoundError(f"{axis_align_path}: missing (is the scene fully processed?)")
-        axis_align = np.load(axis_align_path)
-        if axis_align.shape != (4, 4):
-            raise ValueError(f"{axis_align_path}: expected a [4, 4] matrix, got {list(axis_align.shape)}")
+        fields = ("coord", "segment20", "instance", "axis_align", *feature_fields(self.in_features))
+        scene = load_scene(self.root, scene_id, fields)
+        coord, axis_align = scene["coord"], scene["axis_align"]
         normals = None
-        if self.in_features == "rgb+normal":
-            normals = load_scene_array(scene_dir, "normal.npy", integer=False, columns=3, num_points=n)
-            normals = transform_normals(normals, axis_align[:3, :3])
-        boxes, labels, _ = instance_boxes(coord, segment20, instance, axis_align, self.min_box_points)
-        return {"points": align_points(coord, axis_align), "colors": colors, "normals": normals,
+        if "normal" in scene:
+            normals = transform_normals(scene["normal"], axis_align[:3, :3])
+        boxes, labels, _ = instance_boxes(coord, scene["segment20"], scene["instance"], axis_align, self.min_box_points)
+        return {"points": align_points(coord, axis_align), "colors": scene["color"], "normals": normals,
                 "boxes": boxes, "labels": labels}
 
     def __getitem__(self, index: int) -> dict:
@@ -224,12 +199,10 @@ class DetectionDataset(torch.utils.data.Dataset):
                 normals = transform_normals(normals, transform[:3, :3])
         points = transform_points(points, transform)
         coords, unique_map, _ = (t.numpy() for t in sparse_quantize(points, self.voxel_size))
-        feats = [colors[unique_map].astype(np.float32) / 127.5 - 1.0]
-        if normals is not None:
-            feats.append(np.asarray(normals)[unique_map].astype(np.float32))
+        feats = input_features(colors[unique_map], None if normals is None else normals[unique_map])
         return {
             "coords": torch.from_numpy(np.ascontiguousarray(coords, dtype=np.int32)),
-            "feats": torch.from_numpy(np.concatenate(feats, axis=1).astype(np.float32)),
+            "feats": torch.from_numpy(feats),
             "boxes": torch.from_numpy(transform_boxes(scene["boxes"], transform).astype(np.float32)),
             "labels": torch.from_numpy(np.asarray(scene["labels"], dtype=np.int64)),
             "to_aligned": torch.from_numpy(np.linalg.inv(transform)),
@@ -258,5 +231,4 @@ def collate_detection(samples: Sequence[dict]) -> dict:
     }
 
 
-__all__ = ["DetAugmentation", "DetectionDataset", "collate_detection", "select_scene_subset", "transform_boxes",
-           "transform_points"]
+__all__ = ["DetAugmentation", "DetectionDataset", "collate_detection", "transform_boxes"]

@@ -3,7 +3,6 @@ teacher images and pixel-to-point pairs per sample; batch them with `collate_pre
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -19,53 +18,15 @@ from scene_kd.data.correspondence import (
     frame_pairs,
     scene_pairs,
 )
+from scene_kd.data.geometry import transform_points
+from scene_kd.data.scenes import input_features, load_scene, read_manifest, resolve_scene_ids
 from scene_kd.scannet.exported import ExportedFrameSource
-from scene_kd.scannet.splits import read_split
 from scene_kd.sparse.quantize import sparse_quantize
 
 MODES = ("frame", "scene")
-SPLIT_NAMES = ("train", "val", "test")
 # Errors that mark one frame (or the frames of one scene) unreadable: missing or corrupt files.
 # ScanNetFormatError is a ValueError.
 READ_ERRORS = (OSError, ValueError, SyntaxError)
-
-
-def resolve_scene_ids(root: Path, split: str | os.PathLike | Sequence[str] | None) -> list[str]:
-    """The scene ids a `split` names: None, every directory of `root` with a manifest.json
-    (sorted); "train" / "val" / "test", `<root>/splits/<name>.txt`; a path, a split file; a
-    sequence, those ids. A listed scene without a directory is a FileNotFoundError."""
-    if split is None:
-        return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file())
-    if isinstance(split, (str, os.PathLike)):
-        named = root / "splits" / f"{split}.txt"
-        if str(split) in SPLIT_NAMES and named.is_file():
-            ids = read_split(named)
-        elif Path(split).is_file():
-            ids = read_split(split)
-        else:
-            raise FileNotFoundError(
-                f"split {str(split)!r}: neither {named} nor a split file at that path exists"
-            )
-    else:
-        ids = [str(s) for s in split]
-    missing = [s for s in ids if not (root / s / "manifest.json").is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{root}: {len(missing)} listed scene(s) not processed (no <scene>/manifest.json): "
-            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
-        )
-    return ids
-
-
-def read_manifest(scene_dir: Path) -> dict:
-    """A processed scene's manifest.json; a malformed one is a ValueError naming the file."""
-    path = scene_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-        [int(i) for i in manifest["frame_ids"]]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: not a valid manifest ({type(e).__name__}: {e})") from e
-    return manifest
 
 
 def _new_meta(scene_id: str, index: int) -> dict:
@@ -81,11 +42,6 @@ def _to_image_tensor(images: list[np.ndarray], size: tuple[int, int]) -> torch.T
         return torch.zeros(0, 3, size[1], size[0])
     stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
     return stacked.float().div_(255.0).contiguous()
-
-
-def _colors_to_features(colors: np.ndarray) -> torch.Tensor:
-    """uint8 [V, 3] -> float32 [V, 3] in [-1, 1] (rgb / 127.5 - 1, as OpenScene)."""
-    return torch.from_numpy(colors.astype(np.float32) / 127.5 - 1.0)
 
 
 class PretrainDataset(torch.utils.data.Dataset):
@@ -224,7 +180,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         images = [image_transform.apply_image(frame.color)] if used else []
         return {
             "coords": torch.from_numpy(result.coords),
-            "feats": _colors_to_features(result.colors),
+            "feats": torch.from_numpy(input_features(result.colors)),
             "images": _to_image_tensor(images, image_transform.out_size),
             "pairs": torch.from_numpy(result.pairs),
             "counts": result.counts,
@@ -236,14 +192,10 @@ class PretrainDataset(torch.utils.data.Dataset):
         scene_dir = self.root / scene_id
         rng = self._rng(index)
         meta = _new_meta(scene_id, index)
-        points = np.load(scene_dir / "coord.npy").astype(np.float64)
-        colors = np.load(scene_dir / "color.npy")
-        if points.ndim != 2 or points.shape[1] != 3 or colors.shape != points.shape:
-            raise ValueError(
-                f"{scene_dir}: coord.npy {list(points.shape)} and color.npy {list(colors.shape)} must both be [N, 3]"
-            )
+        arrays = load_scene(self.root, scene_id, ("coord", "color"))
+        points, colors = arrays["coord"].astype(np.float64), arrays["color"]
         point_transform = None if self.augment is None else self.augment.point_transform(rng)
-        moved = points if point_transform is None else points @ point_transform[:3, :3].T + point_transform[:3, 3]
+        moved = points if point_transform is None else transform_points(points, point_transform)
         coords, unique_map, inverse_map = (t.numpy() for t in sparse_quantize(moved, self.voxel_size))
         ids = self.frame_ids[scene_index]
         chosen = sorted(rng.choice(ids, size=min(self.frames_per_sample, len(ids)), replace=False).tolist())
@@ -282,7 +234,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         out_size = transforms[0].out_size if transforms else None
         return {
             "coords": torch.from_numpy(coords.astype(np.int32)),
-            "feats": _colors_to_features(colors[unique_map]),
+            "feats": torch.from_numpy(input_features(colors[unique_map])),
             "images": _to_image_tensor(images, out_size) if out_size else self._empty_images(None),
             "pairs": torch.from_numpy(pairs),
             "counts": counts,
@@ -290,4 +242,4 @@ class PretrainDataset(torch.utils.data.Dataset):
         }
 
 
-__all__ = ["MODES", "PretrainDataset", "read_manifest", "resolve_scene_ids"]
+__all__ = ["MODES", "PretrainDataset"]

@@ -11,32 +11,19 @@ import numpy as np
 import torch
 
 from scene_kd.data.augment import coerce_augmentation
-from scene_kd.data.pretrain_dataset import resolve_scene_ids
+from scene_kd.data.scenes import (
+    feature_channels,
+    feature_fields,
+    input_features,
+    load_scene,
+    read_point_subset,
+    resolve_scene_ids,
+    select_scene_subset,
+)
 from scene_kd.data.seg_augment import SegAugmentation
-from scene_kd.data.subsets import read_point_subset, read_scene_subset
 from scene_kd.sparse.quantize import batched_coordinates, sparse_quantize
 
-IN_FEATURES = {"rgb": 3, "rgb+normal": 6}
 IGNORE_LABEL = -1
-
-
-def load_scene_array(scene_dir: Path, name: str, *, integer: bool, columns: int | None, num_points: int | None) -> np.ndarray:
-    """`<scene_dir>/<name>` as an array [N] (columns None) or [N, columns]; a missing file is a
-    FileNotFoundError, an unreadable or ill-shaped one a ValueError, both naming the file."""
-    path = scene_dir / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (is the scene fully processed?)")
-    try:
-        array = np.load(path)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npy file ({e})") from e
-    want = "[N]" if columns is None else f"[N, {columns}]"
-    shape_ok = array.ndim == 1 if columns is None else (array.ndim == 2 and array.shape[1] == columns)
-    kind_ok = np.issubdtype(array.dtype, np.integer) if integer else np.issubdtype(array.dtype, np.number)
-    if not shape_ok or not kind_ok or (num_points is not None and len(array) != num_points):
-        expected = f"{'integer' if integer else 'numeric'} {want}" + (f" with N = {num_points}" if num_points is not None else "")
-        raise ValueError(f"{path}: expected {expected}, got {array.dtype} {list(array.shape)}")
-    return array
 
 
 def crop_nearest_voxels(coords: np.ndarray, max_voxels: int, rng: np.random.Generator) -> np.ndarray:
@@ -85,8 +72,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         in_features: str = "rgb",
         seed: int = 0,
     ):
-        if in_features not in IN_FEATURES:
-            raise ValueError(f"in_features must be one of {sorted(IN_FEATURES)}, got {in_features!r}")
+        feature_channels(in_features)
         if not voxel_size > 0:
             raise ValueError(f"voxel_size must be positive, got {voxel_size}")
         if max_voxels is not None and max_voxels < 1:
@@ -100,17 +86,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.in_features = in_features
         self.seed = int(seed)
         self.epoch = 0
-        scene_ids = resolve_scene_ids(self.root, split)
-        if scene_subset is not None:
-            subset = read_scene_subset(scene_subset) if isinstance(scene_subset, (str, os.PathLike)) else list(scene_subset)
-            outside = sorted(set(subset) - set(scene_ids))
-            if outside:
-                raise ValueError(
-                    f"scene_subset {scene_subset if isinstance(scene_subset, (str, os.PathLike)) else '(list)'}: "
-                    f"{len(outside)} scene(s) not in split {split!r}: {', '.join(outside[:5])}"
-                )
-            keep = set(subset)
-            scene_ids = [s for s in scene_ids if s in keep]
+        scene_ids = select_scene_subset(resolve_scene_ids(self.root, split), scene_subset, split)
         self.scene_ids = scene_ids
         self.labelled_points_path = None if labelled_points is None else Path(labelled_points)
         self.labelled_points: dict[str, np.ndarray] | None = None
@@ -127,7 +103,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     @property
     def in_channels(self) -> int:
         """Feature channels of `feats`: 3 (rgb) or 6 (rgb+normal)."""
-        return IN_FEATURES[self.in_features]
+        return feature_channels(self.in_features)
 
     def __len__(self) -> int:
         return len(self.scene_ids)
@@ -141,15 +117,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return np.random.default_rng([self.seed, self.epoch, index])
 
     def _load(self, scene_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-        scene_dir = self.root / scene_id
-        points = load_scene_array(scene_dir, "coord.npy", integer=False, columns=3, num_points=None)
-        n = len(points)
-        colors = load_scene_array(scene_dir, "color.npy", integer=True, columns=3, num_points=n)
-        normals = None
-        if self.in_features == "rgb+normal":
-            normals = load_scene_array(scene_dir, "normal.npy", integer=False, columns=3, num_points=n)
-        labels = load_scene_array(scene_dir, "segment20.npy", integer=True, columns=None, num_points=n)
-        return points.astype(np.float64), colors, normals, labels.astype(np.int64)
+        scene = load_scene(self.root, scene_id, ("coord", *feature_fields(self.in_features), "segment20"))
+        points, colors, normals = scene["coord"].astype(np.float64), scene["color"], scene.get("normal")
+        return points, colors, normals, scene["segment20"].astype(np.int64)
 
     def _training_labels(self, scene_id: str, point_labels: np.ndarray) -> np.ndarray:
         if self.labelled_points is None:
@@ -193,12 +163,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
             new_row = np.full(len(coords), -1, dtype=np.int64)
             new_row[keep] = np.arange(len(keep))
             coords, unique_map, inverse_map = coords[keep], unique_map[keep], new_row[inverse_map]
-        feats = [np.asarray(colors)[unique_map].astype(np.float32) / 127.5 - 1.0]
-        if normals is not None:
-            feats.append(np.asarray(normals)[unique_map].astype(np.float32))
+        feats = input_features(np.asarray(colors)[unique_map], None if normals is None else normals[unique_map])
         return {
             "coords": torch.from_numpy(np.ascontiguousarray(coords, dtype=np.int32)),
-            "feats": torch.from_numpy(np.concatenate(feats, axis=1).astype(np.float32)),
+            "feats": torch.from_numpy(feats),
             "labels": torch.from_numpy(labels[unique_map]),
             "inverse_map": torch.from_numpy(inverse_map.astype(np.int64)),
             "point_labels": torch.from_numpy(point_labels),
@@ -229,4 +197,4 @@ def collate_segmentation(samples: Sequence[dict]) -> dict:
     }
 
 
-__all__ = ["IN_FEATURES", "SegmentationDataset", "collate_segmentation", "crop_nearest_voxels", "load_scene_array"]
+__all__ = ["SegmentationDataset", "collate_segmentation", "crop_nearest_voxels"]

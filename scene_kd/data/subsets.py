@@ -9,7 +9,8 @@ points, on the scene id), never on which sizes are asked for or on the other sce
 Files (written atomically): `scenes_{pct}pct.txt`, one scene id a line (sorted);
 `points_{n}.json`, `{scene_id: [point indices, sorted]}` (indices into the scene's per-point
 arrays, all with a valid `segment20` label); `subsets.json`, the seed, the split and the sizes (not `manifest.json`,
-which would make `subsets/` look like a processed scene).
+which would make `subsets/` look like a processed scene). `scene_kd.data.scenes` reads them back
+(`read_scene_subset`, `read_point_subset`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scene_kd.data.pretrain_dataset import resolve_scene_ids
-from scene_kd.scannet.atomic import write_text_atomic
-from scene_kd.scannet.splits import read_split, write_split
+from scene_kd.atomic import write_text_atomic
+from scene_kd.data.scenes import load_scene, resolve_scene_ids
+from scene_kd.scannet.splits import write_split
 
 SCENE_PERCENTS = (1, 5, 10, 20)
 POINT_COUNTS = (20, 50, 100, 200)
@@ -95,29 +96,6 @@ def write_point_subset(path: str | os.PathLike, points: Mapping[str, Iterable[in
     write_text_atomic(path, "{\n" + ",\n".join(lines) + ("\n" if lines else "") + "}\n")
 
 
-def read_point_subset(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """`points_{n}.json` -> {scene_id: int64 [K] point indices}; a malformed file is a ValueError
-    naming it."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(raw, dict):
-            raise TypeError("expected an object {scene_id: [point indices]}")
-        out = {}
-        for scene_id, indices in raw.items():
-            if not isinstance(indices, list) or not all(type(i) is int and i >= 0 for i in indices):
-                raise TypeError(f"{scene_id}: expected a list of non-negative integers")
-            out[str(scene_id)] = np.asarray(indices, dtype=np.int64)
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a labelled-points file ({e})") from e
-    return out
-
-
-def read_scene_subset(path: str | os.PathLike) -> list[str]:
-    """`scenes_{pct}pct.txt` -> scene ids (a split file)."""
-    return read_split(path)
-
-
 def make_data_efficient_subsets(
     root: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -137,13 +115,7 @@ def make_data_efficient_subsets(
     out = root / "subsets" if out is None else Path(out)
     scene_ids = resolve_scene_ids(root, split)
     scene_percents, point_counts = list(scene_percents), [int(n) for n in point_counts]
-    labels = {}
-    for scene_id in scene_ids if point_counts else ():
-        path = root / scene_id / "segment20.npy"
-        array = np.load(path)
-        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-            raise ValueError(f"{path}: expected integer labels [N], got {array.dtype} {list(array.shape)}")
-        labels[scene_id] = array
+    labels = {s: load_scene(root, s, ("segment20",))["segment20"] for s in (scene_ids if point_counts else ())}
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for percent, ids in draw_scene_subsets(scene_ids, scene_percents, seed).items():
@@ -177,8 +149,6 @@ __all__ = [
     "labelled_point_order",
     "make_data_efficient_subsets",
     "point_subset_name",
-    "read_point_subset",
-    "read_scene_subset",
     "scene_subset_name",
     "scene_subset_size",
     "write_point_subset",

@@ -141,11 +141,13 @@ class ConceptTrainable(nn.Module):
         return self.head2d is not None
 
     def forward(self, features: Tensor, coordinates: Tensor, teacher_map: Tensor, image_embeddings: Tensor,
-                all_pairs: Tensor, pairs: Tensor, image_size: tuple[int, int]) -> dict[str, Tensor]:
+                all_pairs: Tensor, pairs: Tensor, image_size: tuple[int, int],
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """features [N, 3], coordinates int32 [N, 4] (column 0: the point set), teacher_map
         [B_img, D, h, w] (CLIP space), image_embeddings [B_img, D], all_pairs int64 [M_all, 4] (every
         pair of the batch: which frames see which set, which voxels are keys first), pairs [M, 4] (the
-        sampled pairs of the losses), image_size (H, W) -> the weighted loss terms."""
+        sampled pairs of the losses), image_size (H, W), generator: draws the attention keys (None:
+        torch's global state) -> the weighted loss terms."""
         if pairs.shape[0] == 0:  # every sample of the batch was dropped: a zero step, same graph in every process
             zero = sum(p.sum() for p in self.parameters()) * 0.0
             # the same keys as a full step: the log averages them across processes by name
@@ -162,7 +164,7 @@ class ConceptTrainable(nn.Module):
 
         paired = torch.zeros(len(voxel_features), dtype=torch.bool, device=voxel_features.device)
         paired[all_pairs[:, 0]] = True
-        keys = select_keys(voxel_sets, self.max_keys, preferred=paired)
+        keys = select_keys(voxel_sets, self.max_keys, preferred=paired, generator=generator)
         concepts, global_embedding = self.concept(voxel_features[keys], voxel_sets[keys], num_sets)
 
         targets_e = set_image_embeddings(image_embeddings, all_pairs, voxel_sets, num_sets)
@@ -197,8 +199,9 @@ class ConceptObjective(nn.Module):
         self.teacher = teacher
         self.num_pairs = num_pairs
 
-    def forward(self, batch: dict) -> dict[str, Tensor]:
-        pairs = sample_pairs(batch["pairs"], self.num_pairs)
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """generator: draws the pair sample and the attention keys (None: torch's global state)."""
+        pairs = sample_pairs(batch["pairs"], self.num_pairs, generator=generator)
         images = batch["images"]
         image_size = (int(images.shape[-2]), int(images.shape[-1]))
         if pairs.shape[0]:
@@ -206,4 +209,4 @@ class ConceptObjective(nn.Module):
         else:  # unused: the trainable part returns zero losses
             teacher_map, image_embeddings = images.new_zeros(0, 1, 1, 1), images.new_zeros(0, 1)
         return self.trainable(batch["features"], batch["coordinates"], teacher_map, image_embeddings,
-                              batch["pairs"], pairs, image_size)
+                              batch["pairs"], pairs, image_size, generator=generator)

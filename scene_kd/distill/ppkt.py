@@ -59,8 +59,9 @@ class PPKTObjective(nn.Module):
         self.teacher = teacher
         self.num_pairs = num_pairs
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        pairs = sample_pairs(batch["pairs"], self.num_pairs)
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """generator: draws the pair sample (None: torch's global state)."""
+        pairs = sample_pairs(batch["pairs"], self.num_pairs, generator=generator)
         images = batch["images"]
         image_size = (int(images.shape[-2]), int(images.shape[-1]))
         if pairs.shape[0]:

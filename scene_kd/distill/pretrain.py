@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from scene_kd.config import as_dict, save_config
+from scene_kd.config import as_dict
 from scene_kd.data.collate import collate_pretrain
 from scene_kd.data.pretrain_dataset import PretrainDataset
 from scene_kd.distill.concept import OBJECTIVES, ConceptObjective, ConceptTrainable
 from scene_kd.distill.ppkt import PPKTObjective, PPKTTrainable
-from scene_kd.engine import distributed as dist_utils
-from scene_kd.engine.optim import build_optimizer, build_scheduler
-from scene_kd.engine.trainer import LoopResult, resolve_device, seed_everything, train
+from scene_kd.engine.launch import Task, launch
+from scene_kd.engine.trainer import LoopResult
 from scene_kd.models.concept import ConceptHead
 from scene_kd.models.heads import PointProjection, UpsamplingProjection
 from scene_kd.models.students import build_student
@@ -91,31 +88,11 @@ def build_objective(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Mod
     return build_concept(cfg, device)
 
 
-def run_pretraining(cfg: DictConfig) -> LoopResult:
-    """Pretrain a student by `cfg.loss.objective` (PPKT, CLIP concept distillation or both) as `cfg`
-    says; checkpoints and logs go to `cfg.train.out_dir`."""
-    device = resolve_device(cfg.train.device)
-    distributed = dist_utils.init_distributed(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    seed_everything(cfg.train.seed)
-    run_dir = Path(cfg.train.out_dir)
+def pretraining_task(cfg: DictConfig, device: torch.device) -> Task:
+    """The launcher's task of `cfg.loss.objective` (PPKT, CLIP concept distillation or both)."""
     dataset = build_pretrain_dataset(cfg)
     trainable, teacher = build_objective(cfg, device)
-    model_for_loop: torch.nn.Module = trainable
-    if distributed:
-        model_for_loop = torch.nn.parallel.DistributedDataParallel(
-            trainable, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.loss.objective == "ppkt":
-        objective = PPKTObjective(model_for_loop, teacher, num_pairs=cfg.loss.num_pairs)
-    else:
-        objective = ConceptObjective(model_for_loop, teacher, num_pairs=cfg.loss.num_pairs)
-    optimizer = build_optimizer(trainable.parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_steps)
-    if dist_utils.is_main_process():
-        save_config(cfg, run_dir / "config.yaml")
-        print(f"pretraining {cfg.student.name} from teacher {cfg.teacher.name} by {cfg.loss.objective} on "
-              f"{len(dataset)} samples ({cfg.data.mode} mode) -> {run_dir}")
+    objective_class = PPKTObjective if cfg.loss.objective == "ppkt" else ConceptObjective
 
     def checkpoint_extra() -> dict:
         extra = {"student_name": cfg.student.name, "student": trainable.student.state_dict(), "config": as_dict(cfg)}
@@ -124,12 +101,18 @@ def run_pretraining(cfg: DictConfig) -> LoopResult:
             extra["concept_head_config"] = trainable.concept.config()
         return extra
 
-    try:
-        return train(model=objective, trainable=model_for_loop, dataset=dataset, collate_fn=collate_pretrain,
-                     batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, optimizer=optimizer,
-                     scheduler=scheduler, cfg=cfg.train, run_dir=run_dir, checkpoint_extra=checkpoint_extra,
-                     samples_in=lambda batch: int(batch["images"].shape[0]),
-                     batch_metrics=lambda batch: {k: float(v) for k, v in batch["counts"].items()},
-                     device=device)
-    finally:
-        dist_utils.cleanup_distributed()
+    return Task(
+        trainable=trainable,
+        objective=lambda model: objective_class(model, teacher, num_pairs=cfg.loss.num_pairs),
+        dataset=dataset, collate_fn=collate_pretrain,
+        description=(f"pretraining {cfg.student.name} from teacher {cfg.teacher.name} by {cfg.loss.objective} on "
+                     f"{len(dataset)} samples ({cfg.data.mode} mode)"),
+        samples_in=lambda batch: int(batch["images"].shape[0]),
+        batch_metrics=lambda batch: {k: float(v) for k, v in batch["counts"].items()},
+        checkpoint_extra=checkpoint_extra)
+
+
+def run_pretraining(cfg: DictConfig) -> LoopResult:
+    """Pretrain a student by `cfg.loss.objective` (PPKT, CLIP concept distillation or both) as `cfg`
+    says; checkpoints and logs go to `cfg.train.out_dir`."""
+    return launch(cfg, pretraining_task)

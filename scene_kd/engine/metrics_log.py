@@ -7,6 +7,8 @@ import os
 import warnings
 from pathlib import Path
 
+from scene_kd.atomic import write_text_atomic
+
 
 class MetricsLog:
     """Appends `{"step": s, **metrics}` lines to `run_dir/metrics.jsonl` and scalars to TensorBoard.
@@ -18,9 +20,7 @@ class MetricsLog:
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self._file = self.path.open("a")

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from scene_kd.eval.boxes import box_iou_3d
-from scene_kd.scannet.atomic import write_text_atomic
+from scene_kd.atomic import write_text_atomic
+from scene_kd.box_geometry import BOX_EDGES, box_corner_points, box_iou_3d, corners_to_center_size
 from scene_kd.scannet.labels import DET18_NAMES, DET18_NYU40_IDS, NYU40_PALETTE
 
 DEFAULT_IOU_THRESHOLDS = (0.25, 0.5)
@@ -46,10 +46,6 @@ TABLE_TXT = "det_table.txt"
 BOXES_JSON_SUFFIX = "_boxes.json"
 BOXES_PLY_SUFFIX = "_boxes.ply"
 GT_BOXES_PLY_SUFFIX = "_gt_boxes.ply"
-
-# Edges of a box whose 8 corners are numbered by bits (x: bit 0, y: bit 1, z: bit 2): the corner
-# pairs that differ in exactly one bit.
-BOX_EDGES = tuple((i, i | bit) for bit in (1, 2, 4) for i in range(8) if not i & bit)
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -301,14 +297,6 @@ def class_colors(num_classes: int) -> np.ndarray:
     return np.round(np.array(hues).reshape(-1, 3) * 255).astype(np.uint8)
 
 
-def box_corner_points(boxes: Any) -> np.ndarray:
-    """float64 [N, 8, 3]: the corners of corner boxes [N, 6]; corner k takes max x if bit 0 of k
-    is set, max y if bit 1, max z if bit 2 (the numbering BOX_EDGES uses)."""
-    boxes = _to_numpy(boxes).astype(np.float64).reshape(-1, 6)
-    bits = (np.arange(8)[:, None] >> np.arange(3)[None, :]) & 1  # [8, 3]
-    return np.where(bits[None] == 1, boxes[:, None, 3:], boxes[:, None, :3])
-
-
 def write_boxes_ply(path: str | os.PathLike, boxes: Any, labels: Any, num_classes: int) -> Path:
     """Write corner boxes [N, 6] as an ASCII PLY line set: 8 `vertex` (x y z) and 12 `edge`
     (vertex1 vertex2 red green blue, colored by label) per box; open3d's `read_line_set` reads
@@ -341,19 +329,20 @@ def boxes_to_records(boxes: Any, labels: Any, scores: Any, class_names: Sequence
         raise ValueError(
             f"boxes, labels and scores differ in length: {len(boxes)}, {len(labels)}, {len(scores)}"
         )
+    center_size = corners_to_center_size(boxes).numpy()
     records = []
-    for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist(), strict=True):
+    for box, label, score, cs in zip(boxes.tolist(), labels.tolist(), scores.tolist(), center_size.tolist(),
+                                     strict=True):
         if not 0 <= label < len(class_names):
             raise ValueError(f"label {label} outside 0..{len(class_names) - 1}")
-        lo, hi = np.array(box[:3]), np.array(box[3:])
         records.append(
             {
                 "label": class_names[label],
                 "label_index": label,
                 "score": score,
                 "box": box,
-                "center": ((lo + hi) / 2).tolist(),
-                "size": (hi - lo).tolist(),
+                "center": cs[:3],
+                "size": cs[3:],
             }
         )
     return records

@@ -19,9 +19,12 @@ in class-index space (0..19 = `SEG20_NAMES`, nyu40 ids `SEG20_NYU40_IDS`):
   occurs. Pointcept instead counts such a class as 0 (`intersection / (union + 1e-10)`), which
   only differs on subsets that lack a class.
 
-The official script indexes a 40 x 40 matrix by nyu40 id and so fails on a predicted id of 40
-(otherprop) or above; here every integer prediction is accepted and the out-of-set ones count
-as false negatives, which is what the protocol text says.
+The official script counts in a 41 x 41 matrix indexed by nyu40 id: vertices whose ground truth
+is not one of the 20 ids are skipped, and a prediction that is not one of them (0, 40 otherprop,
+...) is mapped to `UNKNOWN_ID` = 40; a class's FN is its whole row (column 40 included), its FP
+its column over the 20 valid rows. `SemanticConfusion` keeps the same counts in class-index
+space: an int64 [20, 21] matrix (rows the ground-truth classes, columns the predicted ones) whose
+last column plays the part of id 40. Every integer prediction is accepted.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from scene_kd.scannet.atomic import write_bytes_atomic, write_text_atomic
+from scene_kd.atomic import write_bytes_atomic, write_text_atomic
 from scene_kd.scannet.errors import ScanNetFormatError
 from scene_kd.scannet.labels import SEG20_NAMES, SEG20_NYU40_IDS, SEG20_PALETTE, nyu40_to_seg20
 from scene_kd.scannet.mesh import Mesh, write_mesh_ply

@@ -1,4 +1,4 @@
-"""Initialise a segmentation network from a pretraining checkpoint or a MinkowskiEngine checkpoint."""
+"""Initialise a network from a pretraining, segmentation or MinkowskiEngine checkpoint (`model.init`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from scene_kd.engine.checkpoint import load_checkpoint
+from scene_kd.engine.checkpoint_checks import check_checkpoint, checkpoint_kind, describe_checkpoint
 
 HEAD_PREFIX = "final."
 _WRAPPER_PREFIXES = ("module.", "student.", "backbone.", "model.")
@@ -81,11 +82,27 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], stri
     return report
 
 
-def init_from_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> InitReport:
-    """Load `path` (pretraining or MinkowskiEngine checkpoint) into `model`; see `load_backbone_weights`."""
+def load_student_checkpoint(path: str | os.PathLike, student: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """(the student's weights, a name for error messages) of the checkpoint at `path`, to initialise a
+    network from (`model.init`): a pretraining or segmentation checkpoint of scene_kd, or one of
+    MinkowskiEngine. A detection checkpoint, or one of another student than `student` (when given),
+    is a ValueError naming the file, what it holds and what was expected."""
     checkpoint = load_checkpoint(path)
+    check_checkpoint(checkpoint, path, kinds=("pretraining", "segmentation", None), purpose="model.init",
+                     advice="set model.student to the checkpoint's student, or use a checkpoint of model.student",
+                     student_name=student)
     try:
         state = student_state_dict(checkpoint)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
-    return load_backbone_weights(model, state, strict=strict, source=str(path))
+    source = str(path) if checkpoint_kind(checkpoint) is None else f"{path} ({describe_checkpoint(checkpoint)})"
+    return state, source
+
+
+def init_from_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True,
+                         student: str | None = None) -> InitReport:
+    """Load `path` (pretraining, segmentation or MinkowskiEngine checkpoint) into `model`; see
+    `load_backbone_weights`. student: the model's student name (`model.student`), checked against the
+    checkpoint's before loading."""
+    state, source = load_student_checkpoint(path, student)
+    return load_backbone_weights(model, state, strict=strict, source=source)

@@ -7,47 +7,39 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from scene_kd.config import as_dict, save_config
+from scene_kd.config import as_dict, plain
+from scene_kd.data.scenes import feature_channels
 from scene_kd.data.seg_dataset import SegmentationDataset, collate_segmentation
 from scene_kd.engine import distributed as dist_utils
 from scene_kd.engine.checkpoint import load_checkpoint
-from scene_kd.engine.optim import build_optimizer, build_scheduler
-from scene_kd.engine.trainer import LoopResult, resolve_device, seed_everything, train
+from scene_kd.engine.checkpoint_checks import EVALUATION_ADVICE, check_checkpoint, load_weights
+from scene_kd.engine.launch import Task, launch
+from scene_kd.engine.trainer import LoopResult, resolve_device
+from scene_kd.eval.segmentation import evaluate_segmentation
 from scene_kd.eval.semseg import (
-    SemanticConfusion,
     format_iou_table,
     write_evaluation_outputs,
-    write_label_ply,
-    write_submission,
 )
-from scene_kd.finetune.inference import predict_scene
 from scene_kd.finetune.init_weights import HEAD_PREFIX, init_from_checkpoint
 from scene_kd.models.students import build_student
 from scene_kd.sparse.backend import SparseBackend, get_backend
 
 
-def _plain(value):
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-
-
 def in_channels_of(in_features: str) -> int:
-    if in_features not in ("rgb", "rgb+normal"):
-        raise ValueError(f"data.in_features must be 'rgb' or 'rgb+normal', got {in_features!r}")
-    return 3 if in_features == "rgb" else 6
+    return feature_channels(in_features)
 
 
 def build_seg_datasets(cfg: DictConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
     d = cfg.data
-    train_set = SegmentationDataset(d.root, _plain(d.train_split), voxel_size=d.voxel_size, augment=_plain(d.augment),
+    train_set = SegmentationDataset(d.root, plain(d.train_split), voxel_size=d.voxel_size, augment=plain(d.augment),
                                     max_voxels=d.max_voxels, labelled_points=d.labelled_points,
                                     scene_subset=d.scene_subset, in_features=d.in_features, seed=cfg.train.seed)
-    val_set = SegmentationDataset(d.root, _plain(d.val_split), voxel_size=d.voxel_size, augment=False, max_voxels=None,
+    val_set = SegmentationDataset(d.root, plain(d.val_split), voxel_size=d.voxel_size, augment=False, max_voxels=None,
                                   in_features=d.in_features, seed=cfg.train.seed)
     return train_set, val_set
 
@@ -59,7 +51,8 @@ def build_seg_model(cfg: DictConfig) -> tuple[nn.Module, SparseBackend, str]:
                           out_channels=cfg.model.num_classes, backend=backend)
     note = "random initialisation"
     if cfg.model.init:
-        report = init_from_checkpoint(model, cfg.model.init, strict=cfg.model.init_strict)
+        report = init_from_checkpoint(model, cfg.model.init, strict=cfg.model.init_strict,
+                                      student=cfg.model.student)
         note = f"initialised from {cfg.model.init}: {report.summary()}"
     if cfg.model.freeze_backbone:
         for name, p in model.named_parameters():
@@ -99,88 +92,46 @@ class SegmentationObjective(nn.Module):
         return {"loss_seg": loss, "acc_train": accuracy}
 
 
-@torch.no_grad()
-def evaluate_segmentation(model: nn.Module, backend: SparseBackend, dataset: SegmentationDataset,
-                          device: torch.device, chunk_voxels: int, chunk_margin: float,
-                          out_dir: str | os.PathLike | None = None) -> SemanticConfusion:
-    """Predict every scene of `dataset` whole (in blocks when large), carry the voxel predictions to
-    every vertex and sum the ScanNet confusion matrix over scenes (across processes under DDP).
-    With `out_dir`: ScanNet submission files (`submission/{scene}.txt`) and coloured PLYs of the
-    prediction and the ground truth (`ply/`)."""
-    was_training = model.training
-    model.eval()
-    confusion = SemanticConfusion(num_classes=20)
-    margin = max(1, int(round(chunk_margin / dataset.voxel_size)))
-    for index in range(dist_utils.rank(), len(dataset), dist_utils.world_size()):
-        sample = dataset[index]
-        logits = predict_scene(model, backend, torch.as_tensor(sample["coords"]), torch.as_tensor(sample["feats"]),
-                               device, chunk_voxels=chunk_voxels, margin_voxels=margin)
-        point_pred = logits.argmax(1)[torch.as_tensor(sample["inverse_map"])].numpy()
-        point_labels = np.asarray(sample["point_labels"])
-        confusion.update(point_pred, point_labels)
-        if out_dir is not None:
-            out = Path(out_dir)
-            (out / "ply").mkdir(parents=True, exist_ok=True)
-            write_submission(out / "submission", sample["scene_id"], point_pred)
-            coord = np.load(Path(dataset.root) / sample["scene_id"] / "coord.npy")
-            write_label_ply(out / "ply" / f"{sample['scene_id']}_pred.ply", coord, point_pred)
-            write_label_ply(out / "ply" / f"{sample['scene_id']}_gt.ply", coord, point_labels)
-    if dist_utils.world_size() > 1:
-        matrix = torch.as_tensor(confusion.matrix, device=device)
-        torch.distributed.all_reduce(matrix)
-        confusion.matrix[...] = matrix.cpu().numpy()
-    model.train(was_training)
-    return confusion
-
-
-def run_finetune_seg(cfg: DictConfig) -> LoopResult:
-    """Finetune for semantic segmentation as `cfg` says; the best checkpoint by val mIoU is kept and the
-    final model is evaluated into `train.out_dir/eval/`."""
-    device = resolve_device(cfg.train.device)
-    distributed = dist_utils.init_distributed(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL's object collectives (the loop's counters) use the current device
-    seed_everything(cfg.train.seed)
-    run_dir = Path(cfg.train.out_dir)
+def segmentation_task(cfg: DictConfig, device: torch.device) -> Task:
+    """The launcher's task: the segmentation network, cross-entropy on the labelled voxels, val mIoU
+    every `train.eval_every` steps and, at the end, the evaluation files in `train.out_dir/eval/`."""
     train_set, val_set = build_seg_datasets(cfg)
     model, backend, note = build_seg_model(cfg)
     model = model.to(device)
-    wrapped: nn.Module = model
-    if distributed:
-        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    objective = SegmentationObjective(wrapped, backend, freeze_backbone=cfg.model.freeze_backbone)
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_steps)
-    main = dist_utils.is_main_process()
-    if main:
-        save_config(cfg, run_dir / "config.yaml")
-        print(f"finetuning {cfg.model.student} ({note}) on {len(train_set)} training scenes, "
-              f"{len(val_set)} validation scenes -> {run_dir}")
+    run_dir = Path(cfg.train.out_dir)
 
     def evaluate(step: int) -> dict[str, float]:
         confusion = evaluate_segmentation(model, backend, val_set, device, cfg.eval.chunk_voxels, cfg.eval.chunk_margin)
         return {"val_miou": confusion.miou(), "val_acc": confusion.accuracy()}
 
-    def checkpoint_extra() -> dict:
-        return {"student_name": cfg.model.student, "num_classes": cfg.model.num_classes, "config": as_dict(cfg)}
+    def finish(result: LoopResult) -> None:
+        if not len(val_set):
+            return
+        # Every process writes the files of the scenes it evaluated; the main one writes the metrics.
+        out = run_dir / "eval" if cfg.eval.write_predictions else None
+        confusion = evaluate_segmentation(model, backend, val_set, device, cfg.eval.chunk_voxels,
+                                          cfg.eval.chunk_margin, out_dir=out)
+        if dist_utils.is_main_process():
+            write_evaluation_outputs(run_dir / "eval", confusion)
+            print(format_iou_table(confusion))
 
-    try:
-        result = train(model=objective, trainable=wrapped, dataset=train_set, collate_fn=collate_segmentation,
-                       batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, optimizer=optimizer,
-                       scheduler=scheduler, cfg=cfg.train, run_dir=run_dir, checkpoint_extra=checkpoint_extra,
-                       samples_in=lambda batch: len(batch["scene_ids"]), evaluate=evaluate if len(val_set) else None,
-                       device=device)
-        if len(val_set):
-            # Every process writes the files of the scenes it evaluated; the main one writes the metrics.
-            out = run_dir / "eval" if cfg.eval.write_predictions else None
-            confusion = evaluate_segmentation(model, backend, val_set, device, cfg.eval.chunk_voxels,
-                                              cfg.eval.chunk_margin, out_dir=out)
-            if main:
-                write_evaluation_outputs(run_dir / "eval", confusion)
-                print(format_iou_table(confusion))
-        return result
-    finally:
-        dist_utils.cleanup_distributed()
+    return Task(
+        trainable=model,
+        objective=lambda wrapped: SegmentationObjective(wrapped, backend, freeze_backbone=cfg.model.freeze_backbone),
+        dataset=train_set, collate_fn=collate_segmentation,
+        description=(f"finetuning {cfg.model.student} ({note}) on {len(train_set)} training scenes, "
+                     f"{len(val_set)} validation scenes"),
+        samples_in=lambda batch: len(batch["scene_ids"]),
+        evaluate=evaluate if len(val_set) else None,
+        checkpoint_extra=lambda: {"student_name": cfg.model.student, "num_classes": cfg.model.num_classes,
+                                  "config": as_dict(cfg)},
+        finish=finish)
+
+
+def run_finetune_seg(cfg: DictConfig) -> LoopResult:
+    """Finetune for semantic segmentation as `cfg` says; the best checkpoint by val mIoU is kept and the
+    final model is evaluated into `train.out_dir/eval/`."""
+    return launch(cfg, segmentation_task)
 
 
 def evaluate_checkpoint(cfg: DictConfig, checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
@@ -192,7 +143,10 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: str | os.PathLike, out_dir:
     model = build_student(cfg.model.student, in_channels=in_channels_of(cfg.data.in_features),
                           out_channels=cfg.model.num_classes, backend=backend)
     state = load_checkpoint(checkpoint)
-    model.load_state_dict(state["model"] if "model" in state else state, strict=True)
+    check_checkpoint(state, checkpoint, kinds=("segmentation", None), purpose="segmentation evaluation",
+                     kind_advice=EVALUATION_ADVICE, student_name=cfg.model.student, num_classes=cfg.model.num_classes)
+    load_weights(model, state["model"] if "model" in state else state, checkpoint,
+                 f"a segmentation checkpoint of {cfg.model.student} with {cfg.model.num_classes} classes")
     confusion = evaluate_segmentation(model.to(device), backend, val_set, device, cfg.eval.chunk_voxels,
                                       cfg.eval.chunk_margin, out_dir=out_dir)
     metrics = write_evaluation_outputs(out_dir, confusion)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scene_kd.scannet.atomic import write_text_atomic
-from scene_kd.scannet.errors import ScanNetFormatError
+from scene_kd.atomic import write_text_atomic
+from scene_kd.scannet.errors import ScanNetFormatError, read_utf8_text
 
 # The parameters ScanNet's segmentator records in every segs.json (kThresh 0.01 in the file name).
 DEFAULT_SEGS_PARAMS = {
@@ -27,10 +27,10 @@ DEFAULT_SEGS_PARAMS = {
 }
 
 
-def _load_json(path: Path) -> dict:
+def _load_json(path: Path, what: str) -> dict:
+    text = read_utf8_text(path, what)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ScanNetFormatError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict):
@@ -38,16 +38,32 @@ def _load_json(path: Path) -> dict:
     return data
 
 
+def _is_int(value: object) -> bool:
+    """A JSON integer (not a bool, a float or a string of digits)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def read_segs_json(path: str | os.PathLike) -> np.ndarray:
-    """The per-vertex segment ids (`segIndices`, not contiguous) as int64 [N]."""
+    """The per-vertex segment ids (`segIndices`, not contiguous) as int64 [N].
+
+    `segIndices` must be a flat list of JSON integers: strings, floats or nested lists are a
+    ScanNetFormatError (numpy would otherwise convert or flatten them silently)."""
     path = Path(path)
-    data = _load_json(path)
+    data = _load_json(path, "segments file (JSON)")
     if "segIndices" not in data:
         raise ScanNetFormatError(f"{path}: no 'segIndices' key")
+    values = data["segIndices"]
+    if not isinstance(values, list):
+        raise ScanNetFormatError(f"{path}: 'segIndices' is a {type(values).__name__}, not a list of integers")
+    bad = next((k for k, v in enumerate(values) if not _is_int(v)), None)
+    if bad is not None:
+        raise ScanNetFormatError(
+            f"{path}: 'segIndices' is not a list of integers (entry {bad} is {values[bad]!r})"
+        )
     try:
-        return np.asarray(data["segIndices"], dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as e:
-        raise ScanNetFormatError(f"{path}: 'segIndices' is not a list of integers") from e
+        return np.array(values, dtype=np.int64).reshape(-1)
+    except OverflowError as e:
+        raise ScanNetFormatError(f"{path}: 'segIndices' holds an integer outside int64") from e
 
 
 def write_segs_json(
@@ -72,26 +88,45 @@ class SegGroup:
     label: str
 
 
+def _parse_seg_group(group: object, where: str) -> SegGroup:
+    """One entry of `segGroups`: an object with integer `id` (and `objectId`), a list of integer
+    `segments` and a string `label`; anything else is a ScanNetFormatError naming the entry."""
+    if not isinstance(group, dict):
+        raise ScanNetFormatError(f"{where} is malformed (a {type(group).__name__}, expected an object)")
+    missing = [key for key in ("id", "segments", "label") if key not in group]
+    if missing:
+        raise ScanNetFormatError(f"{where} is malformed (KeyError: no {', '.join(map(repr, missing))})")
+    object_id = group.get("objectId", group["id"])
+    segments = group["segments"]
+    problems = [
+        f"{key} is {value!r}, not an integer"
+        for key, value in (("id", group["id"]), ("objectId", object_id))
+        if not _is_int(value)
+    ]
+    if not isinstance(segments, list) or not all(_is_int(s) for s in segments):
+        problems.append(f"segments is {segments!r:.80}, not a list of integers")
+    if not isinstance(group["label"], str):
+        problems.append(f"label is {group['label']!r}, not a string")
+    if problems:
+        raise ScanNetFormatError(f"{where} is malformed ({'; '.join(problems)})")
+    return SegGroup(id=group["id"], object_id=object_id, segments=list(segments), label=group["label"])
+
+
 def read_aggregation_json(path: str | os.PathLike) -> list[SegGroup]:
-    """The `segGroups` of an aggregation file, in file order."""
+    """The `segGroups` of an aggregation file, in file order.
+
+    `segGroups` must be a list of objects, each with an integer `id` (and `objectId`, default
+    `id`), a list of integer `segments` and a string `label`; anything else is a
+    ScanNetFormatError naming the file and the entry."""
     path = Path(path)
-    data = _load_json(path)
+    data = _load_json(path, "aggregation file (JSON)")
     if "segGroups" not in data:
         raise ScanNetFormatError(f"{path}: no 'segGroups' key")
-    groups = []
-    for k, group in enumerate(data["segGroups"]):
-        try:
-            groups.append(
-                SegGroup(
-                    id=int(group["id"]),
-                    object_id=int(group.get("objectId", group["id"])),
-                    segments=[int(s) for s in group["segments"]],
-                    label=str(group["label"]),
-                )
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ScanNetFormatError(f"{path}: segGroups[{k}] is malformed ({type(e).__name__}: {e})") from e
-    return groups
+    if not isinstance(data["segGroups"], list):
+        raise ScanNetFormatError(
+            f"{path}: 'segGroups' is a {type(data['segGroups']).__name__}, expected a list of objects"
+        )
+    return [_parse_seg_group(group, f"{path}: segGroups[{k}]") for k, group in enumerate(data["segGroups"])]
 
 
 def write_aggregation_json(
@@ -160,27 +195,38 @@ def read_scene_txt(path: str | os.PathLike) -> dict[str, str]:
     """The `key = value` lines of a `sceneXXXX_XX.txt` (LF or CRLF), values stripped."""
     path = Path(path)
     meta = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_utf8_text(path, "scene .txt of key = value lines").splitlines():
         if "=" in line:
             key, value = line.split("=", 1)
             meta[key.strip()] = value.strip()
     return meta
 
 
-def read_axis_alignment(path: str | os.PathLike) -> np.ndarray:
-    """The `axisAlignment` of a scene `.txt` as float64 [4, 4] (applied as p' = M @ [p; 1]); the
-    identity when the file has no such key (ScanNet's test scans). A missing file is an error."""
+def find_axis_alignment(path: str | os.PathLike) -> np.ndarray | None:
+    """The `axisAlignment` of a scene `.txt` as float64 [4, 4] (applied as p' = M @ [p; 1]), or None
+    when the file has no such key (ScanNet's test scans). A missing file is an error, and so is a
+    value that is not 16 finite numbers."""
     path = Path(path)
     meta = read_scene_txt(path)
     if "axisAlignment" not in meta:
-        return np.eye(4)
+        return None
     try:
         values = [float(v) for v in meta["axisAlignment"].split()]
     except ValueError as e:
         raise ScanNetFormatError(f"{path}: axisAlignment is not a list of numbers ({e})") from e
     if len(values) != 16:
         raise ScanNetFormatError(f"{path}: axisAlignment has {len(values)} numbers, expected 16")
-    return np.array(values, dtype=np.float64).reshape(4, 4)
+    matrix = np.array(values, dtype=np.float64).reshape(4, 4)
+    if not np.isfinite(matrix).all():
+        raise ScanNetFormatError(f"{path}: axisAlignment holds non-finite numbers (nan or inf)")
+    return matrix
+
+
+def read_axis_alignment(path: str | os.PathLike) -> np.ndarray:
+    """`find_axis_alignment`, with the identity when the file has no `axisAlignment` key.
+    Preprocessing uses `find_axis_alignment` so that it can record which it was."""
+    matrix = find_axis_alignment(path)
+    return np.eye(4) if matrix is None else matrix
 
 
 def write_scene_txt(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scene_kd.box_geometry import enclosing_boxes
 from scene_kd.scannet.labels import SEG20_NYU40_IDS, nyu40_to_det18
 
 SCENE_BOX_FILES = ("coord.npy", "segment20.npy", "instance.npy", "axis_align.npy")
@@ -79,13 +80,9 @@ def instance_boxes(
     votes = np.zeros((len(ids), num_seg), dtype=np.int64)
     np.add.at(votes, (inverse, np.clip(seg + 1, 0, None)), 1)
     labels = seg20_to_det18(votes.argmax(axis=1) - 1)
-    points = align_points(coord[annotated], axis_align)
-    lo = np.full((len(ids), 3), np.inf)
-    hi = np.full((len(ids), 3), -np.inf)
-    np.minimum.at(lo, inverse, points)
-    np.maximum.at(hi, inverse, points)
+    boxes = enclosing_boxes(align_points(coord[annotated], axis_align), inverse, len(ids))
     keep = (labels >= 0) & (counts >= max(min_points, 1))
-    boxes = np.concatenate([lo, hi], axis=1)[keep]
+    boxes = boxes[keep]
     return boxes, labels[keep].astype(np.int64), ids[keep].astype(np.int64)
 
 

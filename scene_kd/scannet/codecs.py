@@ -78,10 +78,16 @@ def decode_depth(data: bytes, compression: str, size: tuple[int, int], where: st
     if compression == "png":
         return decode_png16(data, where, size)
     if compression == "zlib_ushort":
+        expected = width * height * 2
         try:
-            data = zlib.decompress(data)
+            # bounded: a corrupt stream that would inflate far beyond H x W is cut at one byte more
+            # (and reported below) instead of filling memory
+            inflater = zlib.decompressobj()
+            data = inflater.decompress(data, expected + 1)
         except zlib.error as e:
             raise ScanNetFormatError(f"{where}: cannot inflate zlib depth payload: {e}") from e
+        if len(data) <= expected and not inflater.eof:
+            raise ScanNetFormatError(f"{where}: cannot inflate zlib depth payload: truncated stream")
     elif compression != "raw_ushort":
         raise ScanNetFormatError(f"{where}: unsupported depth compression {compression!r}")
     if len(data) != width * height * 2:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scene_kd.scannet.atomic import write_bytes_atomic
+from scene_kd.atomic import write_bytes_atomic
 from scene_kd.scannet.codecs import decode_color, decode_png16, encode_color, encode_png16
 from scene_kd.scannet.errors import ScanNetFormatError
 from scene_kd.scannet.frame_types import FrameSource, RGBDFrame
@@ -74,6 +74,8 @@ class ExportedFrameSource:
                 matrices[name] = np.eye(4)
             else:
                 matrices[name] = read_matrix_txt(path)
+                if not np.isfinite(matrices[name]).all():
+                    raise ScanNetFormatError(f"{path}: holds non-finite numbers (nan or inf)")
         self.intrinsic_color = matrices["intrinsic_color"]
         self.extrinsic_color = matrices["extrinsic_color"]
         self.intrinsic_depth = matrices["intrinsic_depth"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scene_kd.scannet.atomic import write_text_atomic
-from scene_kd.scannet.errors import ScanNetFormatError
+from scene_kd.atomic import write_text_atomic
+from scene_kd.scannet.errors import ScanNetFormatError, read_utf8_text
 
 IGNORE_INDEX = -1
 
@@ -148,9 +148,12 @@ def _parse_int(text: str, path: Path, line: int, column: str) -> int:
 
 
 def read_label_tsv(path: str | os.PathLike) -> dict[str, LabelRow]:
-    """Read the raw-category table, keyed by raw_category (LF or CRLF line endings)."""
+    """Read the raw-category table, keyed by raw_category (LF or CRLF line endings).
+
+    A raw category listed twice with different `id` or `nyu40id` is a ScanNetFormatError (which
+    row wins would otherwise be silent); a file that is not UTF-8 is one too."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8_text(path, "tab-separated label table")
     reader = csv.reader(io.StringIO(text, newline=None), delimiter="\t", quoting=csv.QUOTE_NONE)
     header = next(reader, None)
     if header is None:
@@ -165,15 +168,22 @@ def read_label_tsv(path: str | os.PathLike) -> dict[str, LabelRow]:
         if not fields or all(not f.strip() for f in fields):
             continue
         fields = fields + [""] * (len(header) - len(fields))
-        values = {attr: fields[column[col]] for col, attr in TSV_COLUMNS if col in column}
+        # an optional column the file lacks reads as "" (only id, raw_category, nyu40id are required)
+        values = {attr: fields[column[col]] if col in column else "" for col, attr in TSV_COLUMNS}
         row = LabelRow(
             **{
                 **values,
                 "id": _parse_int(values["id"], path, line, "id"),
                 "nyu40id": _parse_int(values["nyu40id"], path, line, "nyu40id"),
-                "count": _parse_int(values.get("count") or "0", path, line, "count"),
+                "count": _parse_int(values["count"] or "0", path, line, "count"),
             }
         )
+        earlier = rows.get(row.raw_category)
+        if earlier is not None and (earlier.id, earlier.nyu40id) != (row.id, row.nyu40id):
+            raise ScanNetFormatError(
+                f"{path}: line {line}: raw category {row.raw_category!r} is listed again with id "
+                f"{row.id} / nyu40id {row.nyu40id} (earlier: {earlier.id} / {earlier.nyu40id})"
+            )
         rows[row.raw_category] = row
     return rows
 

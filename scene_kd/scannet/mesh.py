@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import plyfile
 
-from scene_kd.scannet.atomic import atomic_open
+from scene_kd.atomic import atomic_open
 from scene_kd.scannet.errors import ScanNetFormatError
 from scene_kd.scannet.labels import NYU40_PALETTE
 
@@ -47,8 +47,9 @@ def _read_ply(path: Path) -> plyfile.PlyData:
         return plyfile.PlyData.read(
             str(path), known_list_len={"face": {"vertex_indices": 3, "vertex_index": 3}}
         )
-    except plyfile.PlyParseError as e:
-        raise ScanNetFormatError(f"{path}: malformed or truncated PLY: {e}") from e
+    except (plyfile.PlyParseError, UnicodeDecodeError, ValueError) as e:
+        # a header that is not ASCII is a UnicodeDecodeError, which would not name the file
+        raise ScanNetFormatError(f"{path}: malformed or truncated PLY: {type(e).__name__}: {e}") from e
 
 
 def _vertex_field(ply: plyfile.PlyData, name: str, path: Path) -> np.ndarray:
@@ -64,10 +65,20 @@ def _vertex_field(ply: plyfile.PlyData, name: str, path: Path) -> np.ndarray:
 
 
 def read_mesh_ply(path: str | os.PathLike) -> Mesh:
-    """Read a `_vh_clean_2.ply` (or any triangle PLY with vertex x, y, z, red, green, blue)."""
+    """Read a `_vh_clean_2.ply` (or any triangle PLY with vertex x, y, z, red, green, blue).
+
+    A vertex coordinate that is nan or inf is a ScanNetFormatError naming the file and the first
+    such vertex (it would otherwise travel silently into every later stage)."""
     path = Path(path)
     ply = _read_ply(path)
     vertices = np.stack([_vertex_field(ply, axis, path) for axis in "xyz"], axis=1).astype(np.float32)
+    finite = np.isfinite(vertices).all(axis=1)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise ScanNetFormatError(
+            f"{path}: {int((~finite).sum())} of {len(vertices)} vertices have non-finite coordinates "
+            f"(first: vertex {first} = {vertices[first].tolist()})"
+        )
     colors = np.stack([_vertex_field(ply, c, path) for c in ("red", "green", "blue")], axis=1).astype(
         np.uint8
     )

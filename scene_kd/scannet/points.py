@@ -75,10 +75,15 @@ def load_scene_points(paths: ScenePaths, raw_to_seg200: dict[str, int] | None) -
     aggregation are optional (instances and segment200 are then all -1). raw_to_seg200: raw
     category -> ScanNet200 index (from the label tsv); None leaves segment200 all -1.
     Raises FileNotFoundError for a missing required file and ScanNetFormatError for a malformed
-    one or a per-vertex file whose length differs from the mesh's vertex count.
+    one, a per-vertex file whose length differs from the mesh's vertex count, or a mesh with no
+    vertices or no faces (no points to train on; no normals).
     """
     mesh = read_mesh_ply(paths.mesh)
     n = len(mesh.vertices)
+    if n == 0 or len(mesh.faces) == 0:
+        raise ScanNetFormatError(
+            f"{paths.mesh}: empty mesh ({n} vertices, {len(mesh.faces)} faces): a scan needs both"
+        )
     none = np.full(n, -1, dtype=np.int64)
     segment20, segment200, instance = none, none.copy(), none.copy()
     has_labels = not paths.is_test or paths.labels.exists()

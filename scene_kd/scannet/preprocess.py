@@ -4,7 +4,9 @@ One function per step: `select_frame_ids` (every k-th frame with a valid pose),
 `write_scene_points` (the Pointcept-named .npy files), `write_scene_frames` (resized color,
 millimetre depth, poses, adjusted intrinsics), `preprocess_scene` (one scan, written to a
 temporary directory and renamed into place when complete) and `preprocess_dataset` (many scans
-in parallel worker processes, resumable, one failing scan never stopping the others).
+in parallel worker processes, resumable, one failing scan never stopping the others). Each
+scene's manifest records the settings it was made with (`manifest.py`); a run holds the output
+directory's lock (`out_lock.py`) and its workers die with it (`worker_lifetime.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -23,31 +26,48 @@ import numpy as np
 from tqdm import tqdm
 
 from scene_kd import __version__
-from scene_kd.scannet.annotations import read_axis_alignment
+from scene_kd.atomic import AlreadyWritten, atomic_directory, write_bytes_atomic
+from scene_kd.scannet.annotations import find_axis_alignment
 from scene_kd.scannet.codecs import PNG16_COMPRESSIONS, encode_color, encode_png16
 from scene_kd.scannet.errors import ScanNetFormatError
 from scene_kd.scannet.exported import INTRINSIC_FILES, depth_to_millimetres, write_matrix_txt
 from scene_kd.scannet.frame_types import FrameSource
 from scene_kd.scannet.frames import open_frame_source
 from scene_kd.scannet.labels import raw_to_seg200, read_label_tsv
-from scene_kd.scannet.layout import LABEL_TSV_NAME, list_scenes, scene_paths, split_file_name
+from scene_kd.scannet.layout import LABEL_TSV_NAME, ScenePaths, list_scenes, scene_paths, split_file_name
+from scene_kd.scannet.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    REFUSAL_ADVICE,
+    check_scene_settings,
+    manifest_json,
+    read_scene_manifest,
+    scene_settings,
+    setting_differences,
+)
+from scene_kd.scannet.out_lock import OutputLock, pid_alive
 from scene_kd.scannet.points import ScenePoints, load_scene_points
 from scene_kd.scannet.sens import SensFrameSource
 from scene_kd.scannet.splits import read_split
+from scene_kd.scannet.worker_lifetime import die_with_parent
 
-FORMAT_VERSION = 1
 DEFAULT_FRAME_SKIP = 25
 DEFAULT_IMAGE_SIZE = (320, 240)
 DEFAULT_JPEG_QUALITY = 95
 DEFAULT_DEPTH_PNG = "none"
-MANIFEST_NAME = "manifest.json"
 TMP_PREFIX = ".tmp-"
+NO_AXIS_ALIGNMENT_NOTE = (
+    "no axisAlignment in the scene .txt (ScanNet's test scans have none): the identity was used "
+    "and recorded as has_axis_alignment: false in manifest.json"
+)
 
 
 @dataclass
 class SceneSummary:
-    """The outcome for one scan: status "done", "skipped" (already processed) or "failed" (with
-    the reason: the exception type and message, which name the offending file)."""
+    """The outcome for one scan: status "done", "skipped" (already processed with the same
+    settings) or "failed" (with the reason: the exception type and message, which name the
+    offending file). notes: what was done that the user should know (e.g. a missing
+    axisAlignment), reported by `format_summary`."""
 
     scene_id: str
     status: str
@@ -55,6 +75,7 @@ class SceneSummary:
     num_points: int = 0
     num_frames: int = 0
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -154,18 +175,63 @@ def write_scene_frames(
         write_matrix_txt(out_dir / "pose" / f"{frame_id}.txt", frame.camera_to_world)
 
 
-def manifest_json(manifest: dict) -> str:
-    """One key a line, each value (lists included) on its key's line."""
-    lines = [f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in manifest.items()]
-    return "{\n" + ",\n".join(lines) + "\n}\n"
-
-
 def _remove_stale_tmp(out_root: Path, scene_id: str) -> None:
-    """Delete temporary directories left for this scene by an interrupted run."""
+    """Delete the temporary directories of this scene left by interrupted runs: those whose owner
+    pid (the name's suffix) is dead. Another live run's directory is never touched."""
+    prefix = f"{TMP_PREFIX}{scene_id}-"
     if out_root.is_dir():
         for entry in os.scandir(out_root):
-            if entry.name.startswith(f"{TMP_PREFIX}{scene_id}-") and entry.is_dir():
+            if not (entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False)):
+                continue
+            owner = entry.name[len(prefix) :]
+            if owner.isdigit() and not pid_alive(int(owner)):
                 shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _skipped(scene_id: str, manifest: dict) -> SceneSummary:
+    notes = [NO_AXIS_ALIGNMENT_NOTE] if manifest.get("has_axis_alignment") is False else []
+    return SceneSummary(scene_id, "skipped", notes=notes)
+
+
+def _scene_manifest(
+    scene_id: str,
+    paths: ScenePaths,
+    points: ScenePoints,
+    source: FrameSource,
+    frame_ids: list[int],
+    invalid: int,
+    settings: dict,
+    has_axis_alignment: bool,
+) -> dict:
+    """The manifest of one processed scene (docs/data_format.md); no timestamps, so a rerun with the
+    same settings writes the same bytes."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "scene_kd_version": __version__,
+        "scene_id": scene_id,
+        "source_format": "sens" if isinstance(source, SensFrameSource) else "exported",
+        "is_test_scan": paths.is_test,
+        "num_points": len(points.coord),
+        "num_faces": points.num_faces,
+        "has_labels": points.has_labels,
+        "has_segment200": points.has_segment200,
+        "has_instances": points.has_instances,
+        "num_instances": int(points.instance.max(initial=-1)) + 1,
+        "has_axis_alignment": has_axis_alignment,
+        "num_source_frames": len(source.frame_ids),
+        "frame_skip": settings["frame_skip"],
+        "num_invalid_pose_dropped": invalid,
+        "num_frames": len(frame_ids),
+        "frame_ids": frame_ids,
+        "color_size": settings["color_size"],
+        "depth_size": list(source.depth_size),
+        "source_color_size": list(source.color_size),
+        "source_depth_shift": source.depth_shift,
+        "depth_unit": "millimetre",
+        "jpeg_quality": settings["jpeg_quality"],
+        "depth_png": settings["depth_png"],
+        "label_map_sha256": settings["label_map_sha256"],
+    }
 
 
 def preprocess_scene(
@@ -178,80 +244,53 @@ def preprocess_scene(
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     depth_png: str = DEFAULT_DEPTH_PNG,
 ) -> SceneSummary:
-    """Process one scan into `<out_root>/<scene_id>/`; "skipped" when that directory exists.
+    """Process one scan into `<out_root>/<scene_id>/`; "skipped" when that directory exists and its
+    manifest records the same settings, a ValueError naming the differences when it records others.
 
     Everything is written to `<out_root>/.tmp-<scene_id>-<pid>/` and renamed into place when
     complete, so the scene directory exists only when whole. Errors propagate (after removing
     the temporary directory): FileNotFoundError for a missing file, ScanNetFormatError for a
-    malformed or inconsistent one, or for a scan with no valid frame to keep.
+    malformed or inconsistent one (an empty mesh, non-finite vertices, ...), or for a scan with no
+    valid frame to keep. A scan without axisAlignment gets the identity, with a note.
     """
     start = time.perf_counter()
     out_root = Path(out_root)
     final = out_root / scene_id
+    settings = scene_settings(frame_skip, image_size, jpeg_quality, depth_png, raw_to_seg200)
     if final.exists():
-        return SceneSummary(scene_id, "skipped")
+        return _skipped(scene_id, check_scene_settings(final, settings))
     out_root.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out_root, scene_id)
-    tmp = out_root / f"{TMP_PREFIX}{scene_id}-{os.getpid()}"
-    tmp.mkdir()
+    tmp_dir = out_root / f"{TMP_PREFIX}{scene_id}-{os.getpid()}"
     try:
-        paths = scene_paths(scannet_root, scene_id)
-        if not paths.scene_dir.is_dir():
-            raise FileNotFoundError(f"{paths.scene_dir}: scan directory not found")
-        points = load_scene_points(paths, raw_to_seg200)
-        axis_alignment = read_axis_alignment(paths.scene_txt)
-        source = open_frame_source(paths.scene_dir, scene_id)
-        try:
-            frame_ids, invalid = select_frame_ids(source, frame_skip)
-            if not frame_ids:
-                where = getattr(source, "path", None) or getattr(source, "root", paths.scene_dir)
-                raise ScanNetFormatError(
-                    f"{where}: no frame to keep: {invalid} frame(s) at multiples of {frame_skip} "
-                    f"among {len(source.frame_ids)}, none with a valid pose"
+        with atomic_directory(final, tmp=tmp_dir, replace=False) as tmp:
+            paths = scene_paths(scannet_root, scene_id)
+            if not paths.scene_dir.is_dir():
+                raise FileNotFoundError(f"{paths.scene_dir}: scan directory not found")
+            points = load_scene_points(paths, raw_to_seg200)
+            axis_alignment = find_axis_alignment(paths.scene_txt)
+            source = open_frame_source(paths.scene_dir, scene_id)
+            try:
+                frame_ids, invalid = select_frame_ids(source, frame_skip)
+                if not frame_ids:
+                    where = getattr(source, "path", None) or getattr(source, "root", paths.scene_dir)
+                    raise ScanNetFormatError(
+                        f"{where}: no frame to keep: {invalid} frame(s) at multiples of {frame_skip} "
+                        f"among {len(source.frame_ids)}, none with a valid pose"
+                    )
+                write_scene_points(points, np.eye(4) if axis_alignment is None else axis_alignment, tmp)
+                write_scene_frames(source, frame_ids, tmp, image_size, jpeg_quality, depth_png)
+                manifest = _scene_manifest(
+                    scene_id, paths, points, source, frame_ids, invalid, settings, axis_alignment is not None
                 )
-            write_scene_points(points, axis_alignment, tmp)
-            write_scene_frames(source, frame_ids, tmp, image_size, jpeg_quality, depth_png)
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                "scene_kd_version": __version__,
-                "scene_id": scene_id,
-                "source_format": "sens" if isinstance(source, SensFrameSource) else "exported",
-                "is_test_scan": paths.is_test,
-                "num_points": len(points.coord),
-                "num_faces": points.num_faces,
-                "has_labels": points.has_labels,
-                "has_segment200": points.has_segment200,
-                "has_instances": points.has_instances,
-                "num_instances": int(points.instance.max(initial=-1)) + 1,
-                "num_source_frames": len(source.frame_ids),
-                "frame_skip": frame_skip,
-                "num_invalid_pose_dropped": invalid,
-                "num_frames": len(frame_ids),
-                "frame_ids": frame_ids,
-                "color_size": list(image_size),
-                "depth_size": list(source.depth_size),
-                "source_color_size": list(source.color_size),
-                "source_depth_shift": source.depth_shift,
-                "depth_unit": "millimetre",
-                "jpeg_quality": jpeg_quality,
-                "depth_png": depth_png,
-            }
-        finally:
-            source.close()
-        (tmp / MANIFEST_NAME).write_text(manifest_json(manifest))
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if final.is_dir():  # another process finished this scan first
-                shutil.rmtree(tmp, ignore_errors=True)
-                return SceneSummary(scene_id, "skipped")
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            finally:
+                source.close()
+            write_bytes_atomic(tmp / MANIFEST_NAME, manifest_json(manifest).encode("utf-8"))
+    except AlreadyWritten:  # another process finished this scan first
+        return _skipped(scene_id, check_scene_settings(final, settings))
     return SceneSummary(
         scene_id, "done", num_points=len(points.coord), num_frames=len(frame_ids),
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start, notes=[] if axis_alignment is not None else [NO_AXIS_ALIGNMENT_NOTE],
     )  # fmt: skip
 
 
@@ -309,11 +348,14 @@ def preprocess_dataset(
 ) -> DatasetSummary:
     """Process the selected scans (see `select_scenes`) into `<out_root>/<scene_id>/`.
 
-    Scans already processed are skipped; each other scan runs in one of `workers` processes
-    (in this process when workers == 1) and fails alone, with its reason, on bad input. The
-    label tsv defaults to `<scannet_root>/scannetv2-labels.combined.tsv`; without one,
-    segment200 is all -1 (a warning says so). The split files found in the root are copied to
-    `<out_root>/splits/`.
+    Scans already processed with the same settings are skipped; a scan processed with other
+    settings (frame skip, image size, JPEG quality, depth PNG, label map) makes the whole run a
+    ValueError naming them, before any work. Each other scan runs in one of `workers` processes
+    (in this process when workers == 1; a worker dies with this process) and fails alone, with its
+    reason, on bad input. The run holds `out_root`'s lock (`OutputLock`): a second run on the same
+    output is an OSError. The label tsv defaults to `<scannet_root>/scannetv2-labels.combined.tsv`;
+    without one, segment200 is all -1 (a warning says so). The split files found in the root are
+    copied to `<out_root>/splits/`. No scan selected at all is a ValueError.
     """
     if frame_skip < 1 or workers < 1 or min(image_size) < 1 or not 1 <= jpeg_quality <= 100:
         raise ValueError(
@@ -332,9 +374,12 @@ def preprocess_dataset(
         raise FileNotFoundError(f"{tsv}: label tsv not found")
     else:
         summary.warnings.append(f"{tsv} not found: segment200.npy is all -1")
-    out_root.mkdir(parents=True, exist_ok=True)
-    _copy_split_files(root, out_root / "splits")
     selected = select_scenes(root, scene_ids, split, shard)
+    if not selected:
+        everything = select_scenes(root, scene_ids, split)
+        if not everything:
+            raise ValueError(f"{root}: no scans selected (scenes {scene_ids}, split {split}): nothing to do")
+        summary.warnings.append(f"shard {shard[0]}/{shard[1]} of {len(everything)} scans is empty")
     options = {
         "frame_skip": frame_skip,
         "image_size": tuple(image_size),
@@ -342,15 +387,42 @@ def preprocess_dataset(
         "jpeg_quality": jpeg_quality,
         "depth_png": depth_png,
     }
-    jobs = []
-    for scene_id in selected:
-        if (out_root / scene_id).exists():
-            summary.scenes.append(SceneSummary(scene_id, "skipped"))
-        else:
-            jobs.append(_SceneJob(str(root), scene_id, str(out_root), options))
-    summary.scenes += _run_jobs(jobs, workers, progress)
+    out_root.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out_root, shard):
+        _copy_split_files(root, out_root / "splits")
+        settings = scene_settings(frame_skip, image_size, jpeg_quality, depth_png, seg200_map)
+        done = {s for s in selected if (out_root / s).exists()}
+        summary.scenes += _check_processed_scenes(out_root, sorted(done), settings)
+        jobs = [_SceneJob(str(root), s, str(out_root), options) for s in selected if s not in done]
+        summary.scenes += _run_jobs(jobs, workers, progress)
     summary.scenes.sort(key=lambda s: s.scene_id)
     return summary
+
+
+def _check_processed_scenes(out_root: Path, scene_ids: list[str], settings: dict) -> list[SceneSummary]:
+    """A "skipped" summary for each processed scene made with `settings`; a ValueError listing every
+    scene made with other settings (or without a readable manifest) otherwise."""
+    skipped, problems = [], []
+    for scene_id in scene_ids:
+        try:
+            manifest = read_scene_manifest(out_root / scene_id)
+        except ScanNetFormatError as e:
+            problems.append(str(e))
+            continue
+        differences = setting_differences(manifest, settings)
+        if differences:
+            problems.append(f"{scene_id}: {'; '.join(differences)}")
+        else:
+            skipped.append(_skipped(scene_id, manifest))
+    if problems:  # one line, as every tool error: the first few scenes, then how many more
+        listed = " | ".join(problems[:5]) + (
+            f" | ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
+        raise ValueError(
+            f"{out_root}: {len(problems)} processed scene(s) were not made with this run's settings "
+            f"(see <scene>/manifest.json): {listed}. {REFUSAL_ADVICE}"
+        )
+    return skipped
 
 
 def _run_jobs(jobs: list[_SceneJob], workers: int, progress: bool) -> list[SceneSummary]:
@@ -367,7 +439,12 @@ def _run_jobs(jobs: list[_SceneJob], workers: int, progress: bool) -> list[Scene
                 record(_run_job(job))
             return results
         # spawn: workers start clean, never inheriting threads (torch, tqdm) from this process.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        # die_with_parent: a worker exits when this process dies, even by SIGKILL.
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=get_context("spawn"),
+            initializer=die_with_parent, initargs=(os.getpid(),),
+        )  # fmt: skip
+        with pool:
             futures = {pool.submit(_run_job, job): job for job in jobs}
             try:
                 for future in as_completed(futures):
@@ -393,17 +470,23 @@ def _copy_split_files(root: Path, splits_dir: Path) -> None:
             target = splits_dir / f"{split}.txt"
             data = source.read_bytes()
             if not target.exists() or target.read_bytes() != data:
-                tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
+                write_bytes_atomic(target, data)
 
 
 def format_summary(summary: DatasetSummary) -> str:
-    """A human-readable report: counts, then one line per failed scan with its reason."""
+    """A human-readable report: warnings, counts, one line per note (with the scans it concerns)
+    and one line per failed scan with its reason."""
     lines = [f"warning: {w}" for w in summary.warnings]
     lines.append(
         f"scenes: {summary.count('done')} done, {summary.count('skipped')} skipped, {summary.count('failed')} failed"
     )
+    scenes_of_note: dict[str, list[str]] = defaultdict(list)
+    for scene in summary.scenes:
+        for note in scene.notes:
+            scenes_of_note[note].append(scene.scene_id)
+    for note, scene_ids in scenes_of_note.items():
+        listed = ", ".join(scene_ids[:8]) + (f", ... ({len(scene_ids)} in all)" if len(scene_ids) > 8 else "")
+        lines.append(f"note: {len(scene_ids)} scene(s): {note}: {listed}")
     lines += [f"FAILED {s.scene_id}: {s.reason}" for s in summary.failed]
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from scene_kd.scannet.atomic import temporary_sibling
+from scene_kd.atomic import StagedPath
 from scene_kd.scannet.codecs import (
     check_color,
     check_depth,
@@ -43,6 +43,8 @@ _MATRICES = struct.Struct("<64f")  # intrinsic_color, extrinsic_color, intrinsic
 _HEADER_TAIL = struct.Struct("<ii4IfQ")  # compressions, 4 sizes, depth shift, frame count
 _FRAME_FIXED = struct.Struct("<16f4Q")  # pose, timestamp_color, timestamp_depth, color bytes, depth bytes
 _MAX_NAME_LENGTH = 1 << 16
+_MAX_IMAGE_SIDE = 1 << 14  # 16384 pixels: ScanNet's are 1296 x 968 and 640 x 480
+_RAW_BYTES_PER_PIXEL = {"raw": 3, "raw_ushort": 2}  # a raw payload's exact size per pixel
 
 
 @dataclass
@@ -90,13 +92,17 @@ def _read_exact(f: BinaryIO, n: int, path: Path, what: str) -> bytes:
 
 
 def _parse_header(f: BinaryIO, path: Path) -> SensHeader:
+    """Read and check the header; every count and size is checked against the file's size before
+    anything is allocated from it (see `_check_header`)."""
+    file_size = os.fstat(f.fileno()).st_size
     (version,) = struct.unpack("<I", _read_exact(f, 4, path, "the header"))
     if version != SENS_VERSION:
         raise ScanNetFormatError(f"{path}: .sens version {version}, only version {SENS_VERSION} is supported")
     (name_length,) = struct.unpack("<Q", _read_exact(f, 8, path, "the header"))
-    if name_length > _MAX_NAME_LENGTH:
+    if name_length > min(_MAX_NAME_LENGTH, file_size):
         raise ScanNetFormatError(
-            f"{path}: sensor name length {name_length} is implausible; not a .sens file?"
+            f"{path}: sensor name length {name_length} is implausible for a file of {file_size} bytes; "
+            "not a .sens file?"
         )
     name = _read_exact(f, name_length, path, "the header").decode("utf-8", errors="replace")
     matrices = np.array(
@@ -110,7 +116,7 @@ def _parse_header(f: BinaryIO, path: Path) -> SensHeader:
         raise ScanNetFormatError(
             f"{path}: unknown compression codes color={color_code} depth={depth_code} in the header"
         )
-    return SensHeader(
+    header = SensHeader(
         version=version,
         sensor_name=name,
         intrinsic_color=matrices[0],
@@ -127,6 +133,38 @@ def _parse_header(f: BinaryIO, path: Path) -> SensHeader:
         num_frames=count,
         header_size=f.tell(),
     )
+    _check_header(header, file_size, path)
+    return header
+
+
+def _check_header(header: SensHeader, file_size: int, path: Path) -> None:
+    """Raise ScanNetFormatError for a header no real scan has: a frame count the file cannot hold
+    (each frame takes at least its 96-byte fixed part, and a raw payload its exact pixel bytes),
+    image sides of 0 or above 16384, a depth shift that is not a positive number, or non-finite
+    camera matrices. Checked before the frame index (sized by the frame count) is allocated."""
+    body = file_size - header.header_size
+    sizes = {"color": header.color_size, "depth": header.depth_size}
+    for what, (width, height) in sizes.items():
+        if not (0 < width <= _MAX_IMAGE_SIDE and 0 < height <= _MAX_IMAGE_SIDE):
+            raise ScanNetFormatError(
+                f"{path}: header declares {what} images of {width} x {height} pixels; expected sides "
+                f"in 1..{_MAX_IMAGE_SIDE}: a corrupt header or not a .sens file"
+            )
+    per_frame = _FRAME_FIXED.size
+    for what, compression in (("color", header.color_compression), ("depth", header.depth_compression)):
+        width, height = sizes[what]
+        per_frame += width * height * _RAW_BYTES_PER_PIXEL.get(compression, 0)
+    if header.num_frames * per_frame > body:
+        raise ScanNetFormatError(
+            f"{path}: header declares {header.num_frames} frames, which need at least "
+            f"{header.num_frames * per_frame} bytes ({per_frame} a frame), but only {body} bytes follow "
+            "the header: a corrupt header or a truncated file"
+        )
+    if not (np.isfinite(header.depth_shift) and header.depth_shift > 0):
+        raise ScanNetFormatError(f"{path}: depth shift {header.depth_shift} in the header; expected > 0")
+    for name in ("intrinsic_color", "extrinsic_color", "intrinsic_depth", "extrinsic_depth"):
+        if not np.isfinite(getattr(header, name)).all():
+            raise ScanNetFormatError(f"{path}: {name} in the header holds non-finite numbers")
 
 
 def read_sens_header(path: str | os.PathLike) -> SensHeader:
@@ -297,8 +335,8 @@ class SensWriter:
             ]
         ).astype("<f4")
         self._count_offset = 4 + 8 + len(name) + _MATRICES.size + _HEADER_TAIL.size - 8
-        self._tmp = temporary_sibling(self.path)
-        self._file: BinaryIO | None = open(self._tmp, "wb")
+        self._staged = StagedPath(self.path)
+        self._file: BinaryIO | None = open(self._staged.tmp, "wb")
         try:
             self._file.write(struct.pack("<IQ", SENS_VERSION, len(name)) + name + matrices.tobytes())
             self._file.write(
@@ -379,7 +417,7 @@ class SensWriter:
             self._file.write(struct.pack("<Q", self.num_frames))
             self._file.close()
             self._file = None
-            os.replace(self._tmp, self.path)
+            self._staged.commit()
         except BaseException:
             self.abort()
             raise
@@ -390,7 +428,7 @@ class SensWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._tmp.unlink(missing_ok=True)
+        self._staged.discard()
 
 
 def write_sens(

@@ -6,12 +6,14 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from scene_kd.scannet.atomic import write_text_atomic
+from scene_kd.atomic import write_text_atomic
+from scene_kd.scannet.errors import read_utf8_text
 
 
 def read_split(path: str | os.PathLike) -> list[str]:
     """The scene ids listed in a split file, in file order (blank lines and CR ignored)."""
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = read_utf8_text(Path(path), "split file of scene ids")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def write_split(path: str | os.PathLike, scene_ids: Iterable[str]) -> None:

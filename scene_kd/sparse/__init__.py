@@ -1,8 +1,9 @@
 """Sparse tensors and convolutions: a pure-PyTorch engine with MinkowskiEngine's semantics, and a
 MinkowskiEngine backend behind the same interface (`get_backend`)."""
 
-from scene_kd.sparse.backend import BACKENDS, SparseBackend, get_backend
+from scene_kd.sparse.backend import BACKENDS, get_backend
 from scene_kd.sparse.coords import kernel_offsets
+from scene_kd.sparse.interface import SparseBackend
 from scene_kd.sparse.kernel_map import CoordinateManager, CoordinateSet, KernelMap
 from scene_kd.sparse.minkowski import minkowski_available
 from scene_kd.sparse.modules import (

@@ -8,37 +8,14 @@ backends have the same parameter names and shapes, so a `state_dict` moves betwe
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from torch import nn
-
-
-@dataclass(frozen=True)
-class SparseBackend:
-    """Constructors of one sparse-convolution engine.
-
-    conv(in, out, kernel_size, stride=1, dilation=1, bias=False); conv_transpose(same);
-    batch_norm(num_features, momentum=0.1); relu(); global_avg_pool(); global_max_pool();
-    cat(*tensors); sparse_tensor(features [N, C], coordinates int32 [N, 4]).
-    """
-
-    name: str
-    conv: Callable[..., nn.Module]
-    conv_transpose: Callable[..., nn.Module]
-    batch_norm: Callable[..., nn.Module]
-    relu: Callable[[], nn.Module]
-    global_avg_pool: Callable[[], nn.Module]
-    global_max_pool: Callable[[], nn.Module]
-    cat: Callable
-    sparse_tensor: Callable
-    conv_types: tuple[type, ...]
-    batch_norm_types: tuple[type, ...]
+from scene_kd.sparse import modules, tensor
+from scene_kd.sparse.interface import SparseBackend
+from scene_kd.sparse.minkowski import make_minkowski_backend
 
 
 def torch_backend() -> SparseBackend:
     """The pure-PyTorch engine (CPU and CUDA)."""
-    from scene_kd.sparse import modules, tensor
-
     return SparseBackend(
         name="torch",
         conv=modules.SparseConvolution,
@@ -55,9 +32,7 @@ def torch_backend() -> SparseBackend:
 
 
 def minkowski_backend() -> SparseBackend:
-    """MinkowskiEngine 0.5.4 (install with tools/install_minkowski_engine.sh)."""
-    from scene_kd.sparse.minkowski import make_minkowski_backend
-
+    """MinkowskiEngine 0.5.4 (install with tools/install_minkowski_engine.sh); imported only now."""
     return make_minkowski_backend()
 
 

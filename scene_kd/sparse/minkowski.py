@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from scene_kd.sparse.backend import SparseBackend
+from scene_kd.sparse.interface import SparseBackend
 
 
 def minkowski_available() -> bool:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from scene_kd.data.correspondence import RGBDCamera, visible_points
 from scene_kd.data.geometry import as_matrix4, pose_is_valid, project_points, round_pixels
-from scene_kd.data.pretrain_dataset import read_manifest, resolve_scene_ids
+from scene_kd.data.scenes import read_manifest, resolve_scene_ids
 from scene_kd.scannet.exported import ExportedFrameSource
 from scene_kd.scannet.frame_types import RGBDFrame
 

@@ -1,9 +1,10 @@
-"""A 2D segmentation network trained on the frames' 2D labels, whose features then serve as the
-distillation teacher (the premise of the method: 2D labels are plentiful, 3D labels are not).
+"""Training of the transfer experiment's 2D teacher: a segmentation network fitted to the frames' 2D
+labels, whose encoder's features then serve as the distillation teacher (the premise of the method:
+2D labels are plentiful, 3D labels are not).
 
-`frame_encoder` is the teacher (an import teacher:
-`teacher.name=import teacher.options.target=scene_kd.transfer.frame_teacher:frame_encoder`);
-`train_frame_teacher` fits it with a 1x1 classifier on top and saves the encoder's weights.
+`train_frame_teacher` fits `frame_encoder` (scene_kd/models/teachers/frame_encoder.py) with a 1x1
+classifier on top and saves both; the encoder is then the named teacher `frame_encoder`
+(`teacher.name=frame_encoder teacher.weights=<that file>`).
 """
 
 from __future__ import annotations
@@ -19,57 +20,13 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from scene_kd.models.teachers_base import IMAGENET_MEAN, IMAGENET_STD
-from scene_kd.scannet.atomic import write_bytes_atomic
-
-FRAME_ENCODER_STRIDE = 4
-
-
-class _Residual(nn.Module):
-    def __init__(self, width: int, dilation: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation, bias=False), nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation, bias=False), nn.BatchNorm2d(width),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x + self.body(x))
-
-
-def frame_encoder(out_channels: int = 64, width: int = 48, weights: str | os.PathLike | None = None,
-                  seed: int = 0) -> nn.Module:
-    """Normalized images [B, 3, H, W] -> features [B, out_channels, H/4, W/4]: a stride-4 stem and four
-    residual blocks dilated 1, 2, 4, 8 (a receptive field of about 130 input pixels, enough to see
-    an object's surroundings at 160 x 120). Random weights from `seed`, or the `weights` file that
-    `train_frame_teacher` writes (or a plain state_dict)."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-        nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-        *(_Residual(width, d) for d in (1, 2, 4, 8)),
-        nn.Conv2d(width, out_channels, 1),
-    )
-    torch.random.set_rng_state(generator_state)
-    if weights is not None:
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(
-                f"{weights}: frame_encoder weights not found (train them with scene_kd.transfer.frame_teacher."
-                "train_frame_teacher or benchmarks/transfer_synthetic.py)"
-            )
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        try:
-            net.load_state_dict(state["encoder"] if "encoder" in state else state)
-        except RuntimeError as error:
-            raise ValueError(f"{weights}: not a frame_encoder(out_channels={out_channels}, width={width}) "
-                             f"state_dict: {error}") from error
-    return net
+from scene_kd.atomic import write_bytes_atomic
+from scene_kd.models.teachers.base import IMAGENET_MEAN, IMAGENET_STD
+from scene_kd.models.teachers.frame_encoder import frame_encoder
 
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> float [B, 3, H, W] normalized as the import teacher does (ImageNet)."""
+    """uint8 [B, H, W, 3] -> float [B, 3, H, W] normalized as the frame_encoder teacher does (ImageNet)."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -18,16 +18,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from omegaconf import DictConfig
 
-from scene_kd.config import load_config
+from scene_kd.atomic import write_text_atomic
+from scene_kd.config import build_config
 from scene_kd.data.subsets import make_data_efficient_subsets, point_subset_name, scene_subset_name
-from scene_kd.scannet.atomic import write_text_atomic
 from scene_kd.scannet.preprocess import format_summary, preprocess_dataset
-from scene_kd.scannet.synthetic import write_synthetic_scannet
+from scene_kd.synthetic import write_synthetic_scannet
+from scene_kd.transfer.arms import ARMS, Arm, TeacherFiles, loss_section, teacher_section
 from scene_kd.transfer.frame_labels import load_labelled_frames
-from scene_kd.transfer.frame_teacher import FRAME_ENCODER_STRIDE, train_frame_teacher
-
-FRAME_ENCODER = "scene_kd.transfer.frame_teacher:frame_encoder"
+from scene_kd.transfer.frame_teacher import train_frame_teacher
 
 
 @dataclass
@@ -56,12 +56,21 @@ class TransferSettings:
     finetune_lr: float = 0.1
     scene_percents: list[float] = field(default_factory=lambda: [10.0])
     point_counts: list[int] = field(default_factory=lambda: [20, 200])
+    clip_steps: int = 1500  # in-world CLIP (transfer/world_clip.py)
+    clip_batch: int = 128
+    clip_image_size: int = 64  # its square input (crops); pretraining runs its dense tower on whole frames
+    concept_num_concepts: int = 16  # concept head (concept arms)
+    concept_width: int = 64
+    concept_heads: int = 4
 
 
 DATA_FIELDS = ("num_scenes", "val_fraction", "num_frames", "frame_skip", "image_size", "scene_percents", "point_counts")
 TEACHER_FIELDS = (*DATA_FIELDS, "teacher_steps", "teacher_width", "teacher_channels")
 PRETRAIN_FIELDS = (*TEACHER_FIELDS, "student", "voxel_size", "pretrain_steps", "pretrain_batch", "pretrain_mode",
                    "pretrain_frames_per_sample", "pretrain_lr", "temperature")
+LINEAR_PROBE_LR = 0.5  # as configs/finetune_seg/linear_probe.yaml
+CLIP_FIELDS = (*DATA_FIELDS, "clip_steps", "clip_batch", "clip_image_size")
+CONCEPT_FIELDS = ("concept_num_concepts", "concept_width", "concept_heads")
 FINETUNE_FIELDS = (*DATA_FIELDS, "student", "voxel_size", "finetune_steps", "finetune_batch", "finetune_max_voxels",
                    "finetune_lr")
 
@@ -145,83 +154,133 @@ def train_teacher_stage(processed: Path, out_dir: str | os.PathLike, settings: T
     return weights, metrics
 
 
-def pretrain_overrides(processed: Path, teacher_weights: Path, run_dir: Path, settings: TransferSettings,
-                       seed: int) -> list[str]:
-    """`tools/pretrain.py` overrides of the experiment's pretraining (the frame teacher as an import teacher)."""
-    return [
-        f"data.root={processed}", "data.split=train", f"data.mode={settings.pretrain_mode}",
-        f"data.voxel_size={settings.voxel_size}", f"data.image_size=[{settings.image_size[0]},{settings.image_size[1]}]",
-        f"data.frames_per_sample={settings.pretrain_frames_per_sample if settings.pretrain_mode == 'scene' else 1}",
-        f"data.batch_size={settings.pretrain_batch}", "data.num_workers=0", "data.min_pairs=50",
-        f"student.name={settings.student}", "teacher.name=import", f"teacher.weights={teacher_weights}",
-        f"teacher.options.target={FRAME_ENCODER}", f"teacher.options.out_channels={settings.teacher_channels}",
-        f"teacher.options.stride={FRAME_ENCODER_STRIDE}",
-        f"teacher.options.factory_kwargs.out_channels={settings.teacher_channels}",
-        f"teacher.options.factory_kwargs.width={settings.teacher_width}",
-        f"loss.temperature={settings.temperature}", f"optim.lr={settings.pretrain_lr}",
-        f"schedule.warmup_steps={max(1, settings.pretrain_steps // 10)}",
-        f"train.max_steps={settings.pretrain_steps}", f"train.checkpoint_every={settings.pretrain_steps}",
-        "train.log_every=5", "train.device=cpu", "train.amp=none", f"train.seed={seed}", f"train.out_dir={run_dir}",
-    ]
+def pretrain_config(processed: Path, teacher_weights: Path, run_dir: Path, settings: TransferSettings,
+                    seed: int, progress: bool = True, arm: Arm = ARMS["ppkt_2d"],
+                    files: TeacherFiles | None = None) -> DictConfig:
+    """The experiment's pretraining config of `arm` (default: PPKT from the frame encoder,
+    `teacher.name=frame_encoder` with `teacher_weights`): PretrainConfig's defaults with the
+    experiment's sizes. files: the teachers' files (needed by the CLIP arms)."""
+    from scene_kd.distill.schema import PretrainConfig
+
+    files = files or TeacherFiles(frame_encoder=teacher_weights)
+    frame_encoder = {"out_channels": settings.teacher_channels, "width": settings.teacher_width}
+    frames_per_sample = settings.pretrain_frames_per_sample if settings.pretrain_mode == "scene" else 1
+    width, height = settings.image_size
+    return build_config(PretrainConfig, overrides={
+        "data": {"root": str(processed), "split": "train", "mode": settings.pretrain_mode,
+                 "voxel_size": settings.voxel_size, "image_size": list(settings.image_size),
+                 "frames_per_sample": frames_per_sample, "batch_size": settings.pretrain_batch, "num_workers": 0,
+                 "min_pairs": 50},
+        "student": {"name": settings.student},
+        "teacher": teacher_section(arm, files, frame_encoder, [height, width]),
+        "loss": loss_section(arm, settings.temperature),
+        "concept": {"num_concepts": settings.concept_num_concepts, "width": settings.concept_width,
+                    "num_heads": settings.concept_heads},
+        "optim": {"lr": settings.pretrain_lr},
+        "schedule": {"warmup_steps": max(1, settings.pretrain_steps // 10)},
+        "train": {"max_steps": settings.pretrain_steps, "checkpoint_every": settings.pretrain_steps, "log_every": 5,
+                  "device": "cpu", "amp": "none", "seed": seed, "out_dir": str(run_dir), "progress": progress},
+    })
 
 
 def pretrain_stage(processed: Path, teacher_weights: Path, out_dir: str | os.PathLike, settings: TransferSettings,
-                   seed: int = 0, progress: bool = True) -> Path:
-    """Pretrain the student by PPKT from the frame teacher; returns the final checkpoint
-    (out_dir/checkpoints/last.pth). A finished run is reused; an interrupted one resumes."""
+                   seed: int = 0, progress: bool = True, arm: Arm = ARMS["ppkt_2d"],
+                   files: TeacherFiles | None = None) -> Path:
+    """Pretrain the student as `arm` says (default: PPKT from the frame teacher); returns the final
+    checkpoint (out_dir/checkpoints/last.pth). A finished run is reused; an interrupted one resumes."""
     from scene_kd.distill.pretrain import run_pretraining
-    from scene_kd.distill.schema import PretrainConfig
 
     run_dir = Path(out_dir)
     checkpoint = run_dir / "checkpoints" / "last.pth"
-    stamp = stage_stamp(settings, PRETRAIN_FIELDS, seed=seed, data=str(processed), teacher=str(teacher_weights))
+    extra = {} if arm.name == "ppkt_2d" else {"arm": arm.name, "clip": str(files.clip_weights if files else None),
+                                                **stage_stamp(settings, CONCEPT_FIELDS)}
+    stamp = stage_stamp(settings, PRETRAIN_FIELDS, seed=seed, data=str(processed), teacher=str(teacher_weights),
+                        **extra)
     if not reuse_stage(run_dir / "done.json", stamp):
-        overrides = pretrain_overrides(processed, teacher_weights, run_dir, settings, seed)
-        overrides.append(f"train.progress={str(progress).lower()}")
-        run_pretraining(load_config(PretrainConfig, None, overrides))
+        run_pretraining(pretrain_config(processed, teacher_weights, run_dir, settings, seed, progress, arm, files))
         _write_json(run_dir / "done.json", stamp)
     return checkpoint
 
 
-def finetune_overrides(processed: Path, label_setting: str, init: Path | None, run_dir: Path,
-                       settings: TransferSettings, seed: int, write_predictions: bool = False) -> list[str]:
-    """`tools/finetune_seg.py` overrides of one limited-label finetune."""
+def world_clip_stage(processed: Path, out_dir: str | os.PathLike, settings: TransferSettings, seed: int = 0,
+                     progress: bool = True) -> tuple[TeacherFiles, dict]:
+    """Train the in-world CLIP on image-text pairs of the training scans' frames (captions from their
+    2D labels) and measure it on the validation scans (2D zero-shot crop accuracy, dense pixel mIoU);
+    out_dir/{world_clip.pt, model_config.json, clip_metrics.json}. Returns (files with the CLIP's
+    weights and model config, metrics)."""
+    from scene_kd.transfer.world_clip import evaluate_world_clip, tiny_clip_config, train_world_clip
+    from scene_kd.transfer.world_clip_data import PairSettings, build_pair_set
+
+    out = Path(out_dir)
+    weights, config_path, metrics_path = out / "world_clip.pt", out / "model_config.json", out / "clip_metrics.json"
+    stamp = stage_stamp(settings, CLIP_FIELDS, seed=seed, data=str(processed))
+    files = TeacherFiles(frame_encoder=Path(), clip_weights=weights, clip_model_config=config_path)
+    if reuse_stage(out / "done.json", stamp):
+        return files, json.loads(metrics_path.read_text())
+    pair_settings = PairSettings(image_size=settings.clip_image_size, frame_size=tuple(settings.image_size))
+    train_pairs, _ = build_pair_set(processed, "train", None, pair_settings, seed=seed, progress=progress)
+    val_pairs, val_frames = build_pair_set(processed, "val", None, pair_settings, seed=seed, progress=progress)
+    _, training = train_world_clip(train_pairs, out, model_config=tiny_clip_config(image_size=settings.clip_image_size),
+                                   steps=settings.clip_steps, batch_size=min(settings.clip_batch, len(train_pairs["texts"])),
+                                   seed=seed, progress=progress)
+    metrics = evaluate_world_clip(weights, config_path, val_pairs, val_frames)
+    metrics.update(train_pairs=len(train_pairs["texts"]), train_seconds=training.get("seconds"),
+                   loss_first=training["loss"][0], loss_last=training["loss"][-1])
+    _write_json(metrics_path, metrics)
+    _write_json(out / "done.json", stamp)
+    return files, metrics
+
+
+def label_subset(processed: Path, label_setting: str) -> dict:
+    """The `data` entries that limit a finetune's labels to `label_setting` (scenes_<p>pct | points_<n> |
+    full): the subset files of processed/subsets/."""
     subsets = processed / "subsets"
-    overrides = [
-        f"data.root={processed}", "data.train_split=train", "data.val_split=val",
-        f"data.voxel_size={settings.voxel_size}", "data.num_workers=0", f"data.batch_size={settings.finetune_batch}",
-        f"data.max_voxels={settings.finetune_max_voxels}",
-        f"model.student={settings.student}", f"model.init={init if init is not None else 'null'}",
-        f"optim.lr={settings.finetune_lr}", f"train.max_steps={settings.finetune_steps}",
-        f"train.checkpoint_every={settings.finetune_steps}", "train.log_every=5", "train.device=cpu",
-        "train.amp=none", f"train.seed={seed}", f"train.out_dir={run_dir}",
-        f"eval.write_predictions={str(write_predictions).lower()}",
-    ]
     if label_setting.startswith("scenes_"):
-        overrides.append(f"data.scene_subset={subsets / (label_setting + '.txt')}")
-    elif label_setting.startswith("points_"):
-        overrides.append(f"data.labelled_points={subsets / (label_setting + '.json')}")
-    elif label_setting != "full":
+        return {"scene_subset": str(subsets / (label_setting + ".txt"))}
+    if label_setting.startswith("points_"):
+        return {"labelled_points": str(subsets / (label_setting + ".json"))}
+    if label_setting != "full":
         raise ValueError(f"unknown label setting {label_setting!r}: scenes_<p>pct | points_<n> | full")
-    return overrides
+    return {}
+
+
+def finetune_config(processed: Path, label_setting: str, init: Path | None, run_dir: Path,
+                    settings: TransferSettings, seed: int, write_predictions: bool = False,
+                    progress: bool = True, linear_probe: bool = False) -> DictConfig:
+    """One limited-label finetune's config: FinetuneSegConfig's defaults with the experiment's sizes.
+    linear_probe: the backbone frozen, only the final layer trained (lr as configs/finetune_seg/linear_probe.yaml)."""
+    from scene_kd.finetune.schema import FinetuneSegConfig
+
+    data = {"root": str(processed), "train_split": "train", "val_split": "val", "voxel_size": settings.voxel_size,
+            "num_workers": 0, "batch_size": settings.finetune_batch, "max_voxels": settings.finetune_max_voxels,
+            **label_subset(processed, label_setting)}
+    return build_config(FinetuneSegConfig, overrides={
+        "data": data,
+        "model": {"student": settings.student, "init": None if init is None else str(init),
+                  "freeze_backbone": linear_probe},
+        "optim": {"lr": LINEAR_PROBE_LR if linear_probe else settings.finetune_lr},
+        "train": {"max_steps": settings.finetune_steps, "checkpoint_every": settings.finetune_steps, "log_every": 5,
+                  "device": "cpu", "amp": "none", "seed": seed, "out_dir": str(run_dir), "progress": progress},
+        "eval": {"write_predictions": write_predictions},
+    })
 
 
 def finetune_stage(processed: Path, label_setting: str, init: Path | None, out_dir: str | os.PathLike,
                    settings: TransferSettings, seed: int = 0, progress: bool = True,
-                   write_predictions: bool = False) -> dict:
-    """Finetune segmentation with `label_setting`'s labels from `init` (None: from scratch) and
-    return the final val metrics (out_dir/eval/metrics.json); a finished run is reused."""
-    from scene_kd.finetune.schema import FinetuneSegConfig
+                   write_predictions: bool = False, linear_probe: bool = False) -> dict:
+    """Finetune segmentation with `label_setting`'s labels from `init` (None: from scratch), or with
+    `linear_probe` train only the final layer on the frozen `init`, and return the final val metrics
+    (out_dir/eval/metrics.json); a finished run is reused."""
     from scene_kd.finetune.seg import run_finetune_seg
 
     run_dir = Path(out_dir)
     metrics_path = run_dir / "eval" / "metrics.json"
     stamp = stage_stamp(settings, FINETUNE_FIELDS, seed=seed, data=str(processed), labels=label_setting,
-                        init=None if init is None else str(init), write_predictions=write_predictions)
+                        init=None if init is None else str(init), write_predictions=write_predictions,
+                        **({"linear_probe": True} if linear_probe else {}))
     if not reuse_stage(run_dir / "done.json", stamp):
-        overrides = finetune_overrides(processed, label_setting, init, run_dir, settings, seed, write_predictions)
-        overrides.append(f"train.progress={str(progress).lower()}")
-        run_finetune_seg(load_config(FinetuneSegConfig, None, overrides))
+        run_finetune_seg(finetune_config(processed, label_setting, init, run_dir, settings, seed, write_predictions,
+                                         progress, linear_probe))
         _write_json(run_dir / "done.json", stamp)
     return json.loads(metrics_path.read_text())
 

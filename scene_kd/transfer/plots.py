@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from scene_kd.scannet.atomic import write_bytes_atomic
+from scene_kd.atomic import write_bytes_atomic
 
 
-def _pyplot():
+def pyplot_agg():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,17 +22,17 @@ def _pyplot():
     return pyplot
 
 
-def _save(figure, path: str | os.PathLike) -> None:
+def save_figure(figure, path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(figure)
+    pyplot_agg().close(figure)
     write_bytes_atomic(path, buffer.getvalue())
 
 
 def plot_loss_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike,
                      title: str = "training loss") -> None:
     """One panel per curve {name: (steps, values)}, written as a PNG to `path`."""
-    plt = _pyplot()
+    plt = pyplot_agg()
     figure, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), squeeze=False)
     for axis, (name, (steps, values)) in zip(axes[0], curves.items(), strict=True):
         axis.plot(steps, values, lw=1.5)
@@ -40,13 +40,13 @@ def plot_loss_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     figure.suptitle(title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_transfer_table(table: Mapping[str, Mapping[str, Mapping[str, float]]], path: str | os.PathLike,
                         title: str = "val mIoU after finetuning with limited labels") -> None:
     """Bars of `summarize`'s table: scratch vs pretrained per label setting, error bars = std over seeds."""
-    plt = _pyplot()
+    plt = pyplot_agg()
     settings = list(table)
     x = np.arange(len(settings))
     figure, axis = plt.subplots(figsize=(1.8 + 1.6 * len(settings), 3.4))
@@ -60,7 +60,7 @@ def plot_transfer_table(table: Mapping[str, Mapping[str, Mapping[str, float]]], 
     axis.set_title(title, fontsize=10)
     axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def position_colors(points: np.ndarray) -> np.ndarray:
@@ -96,3 +96,25 @@ def save_png(picture: Image.Image, path: str | os.PathLike, scale: int = 1) -> N
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def plot_arm_table(table: Mapping[str, Mapping[str, Mapping[str, float]]], arms: Sequence[str],
+                   path: str | os.PathLike, title: str = "val mIoU (%), mean ± std over seeds") -> None:
+    """Grouped bars of the benchmark table: one group per label setting, one bar per arm, error bars
+    = std over seeds (an arm missing from a setting leaves its slot empty)."""
+    plt = pyplot_agg()
+    settings = list(table)
+    x = np.arange(len(settings))
+    width = 0.8 / max(len(arms), 1)
+    figure, axis = plt.subplots(figsize=(2.0 + 1.5 * len(settings) + 0.2 * len(arms), 3.8))
+    colors = plt.get_cmap("tab10")
+    for i, arm in enumerate(arms):
+        means = [table[s].get(arm, {}).get("mean", np.nan) for s in settings]
+        stds = [table[s].get(arm, {}).get("std", 0.0) for s in settings]
+        axis.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=stds, capsize=2, color=colors(i), label=arm)
+    axis.set_xticks(x, settings, fontsize=8)
+    axis.set_ylabel("val mIoU (%)")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=7, ncol=2)
+    axis.grid(axis="y", alpha=0.3)
+    save_figure(figure, path)
