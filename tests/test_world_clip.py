@@ -146,6 +146,26 @@ def test_region_crops_by_hand():
     assert (pairs["boxes"][picked, 2] - pairs["boxes"][picked, 0]).tolist() == [10, 10, 10]  # 0.25 x 40
 
 
+def test_region_crops_at_several_sides():
+    frame = hand_frame()
+    one = make_pairs(frame, NAMES, PairSettings(image_size=16, frame_size=(48, 40), region_side=0.25), seed=0)
+    both = make_pairs(frame, NAMES, PairSettings(image_size=16, frame_size=(48, 40), region_side=(0.25, 0.5)),
+                      seed=0)
+    first, picked = np.nonzero(one["kind"] == REGION)[0], np.nonzero(both["kind"] == REGION)[0]
+    # The first side's regions come first and are those of that side alone (the same draws).
+    np.testing.assert_array_equal(both["boxes"][picked[:3]], one["boxes"][first])
+    # Then the 20-pixel windows (0.5 x 40): each class with at least half of a window's labelled pixels.
+    sides = both["boxes"][picked, 2] - both["boxes"][picked, 0]
+    assert sides[:3].tolist() == [10, 10, 10] and set(sides[3:].tolist()) == {20} and len(picked) > 3
+    for i in picked[3:]:
+        x0, y0, x1, y1 = both["boxes"][i]
+        seen = frame["labels"][0][y0:y1, x0:x1]
+        seen = seen[seen >= 0]
+        assert np.count_nonzero(seen == both["class_index"][i]) >= 0.5 * seen.size
+    no_regions = make_pairs(frame, NAMES, PairSettings(image_size=16, frame_size=(48, 40), region_side=(0,)), seed=0)
+    assert not np.any(no_regions["kind"] == REGION)
+
+
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     """Three synthetic scans (two train, one val), 6 frames each at 80 x 60."""
@@ -306,6 +326,72 @@ def test_model_config_files_errors_and_wrapped_format(tmp_path, trained):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
+def random_clip_files(tmp_path: Path, vision: dict, seed: int = 0) -> tuple[Path, Path, torch.nn.Module]:
+    """(model config file, weights file, the open_clip model) of TINY with `vision` merged into its
+    vision_cfg, random weights, the class embedding and every bias non-zero (a test sees them)."""
+    config = json.loads(json.dumps(TINY))
+    config["vision_cfg"].update(vision)
+    path = tmp_path / "model_config.json"
+    path.write_text(json.dumps(config))
+    torch.manual_seed(seed)
+    model = world_clip.clip_from_config_file(path).eval()
+    with torch.no_grad():
+        for name, param in model.visual.named_parameters():
+            if name.endswith("bias") or name.startswith("ln_"):
+                param.add_(0.1 * torch.randn_like(param))
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "weights.pt")
+    return path, tmp_path / "weights.pt", model
+
+
+@pytest.mark.parametrize("vision", [{"pool_type": "tok"}, {"pool_type": "avg"},
+                                    {"pool_type": "avg", "final_ln_after_pool": True},
+                                    {"pool_type": "tok", "no_ln_pre": True}])
+def test_vit_teacher_follows_open_clip_pool_type(tmp_path, vision, no_network):
+    config, weights, model = random_clip_files(tmp_path, vision)
+    teacher = build_clip_teacher(config, weights=weights)
+    assert teacher.pool_type == vision["pool_type"]
+    images = to_float_images(color_pairs(count=3, seed=2)["images"])  # 32 x 32: the native grid, 4 x 4
+    dense, embedding = teacher.encode(images)
+    visual = model.visual
+    with torch.no_grad():
+        expected = model.encode_image(normalize_clip_images(images))  # open_clip's own forward and pooling
+        last = visual.transformer.resblocks[-1]
+        before_last, after_last = visual.forward_intermediates(
+            normalize_clip_images(images), indices=[0, 1], intermediates_only=True, output_fmt="NLC",
+        )["image_intermediates"]  # the patch tokens after block 0 and after block 1 (the last)
+        if vision["pool_type"] == "tok":  # MaskCLIP: the value path of the last block, token by token
+            x = before_last + last.attn.out_proj(F.linear(last.ln_1(before_last), last.attn.in_proj_weight[2 * 32:],
+                                                          last.attn.in_proj_bias[2 * 32:]))
+            tokens = x + last.mlp(last.ln_2(x))
+        else:  # the tokens open_clip's mean pools
+            tokens = after_last
+        expected_dense = (visual.ln_post(tokens) @ visual.proj).transpose(1, 2).reshape(3, 32, 4, 4)
+    torch.testing.assert_close(embedding, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dense, expected_dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(teacher(images), dense, rtol=0, atol=0)
+    if vision == {"pool_type": "avg"}:  # linear after ln_post: the mean of the dense map is the embedding
+        torch.testing.assert_close(dense.mean(dim=(2, 3)), embedding, rtol=1e-5, atol=1e-5)
+    if vision["pool_type"] == "tok":  # the class token is not the mean of the patch tokens
+        assert not torch.allclose(dense.mean(dim=(2, 3)), embedding, atol=1e-3)
+    assert teacher(to_float_images(color_pairs(count=1, size=48)["images"])).shape == (1, 32, 6, 6)
+
+
+@pytest.mark.parametrize("vision, named", [({"pool_type": "none"}, "pool_type 'none'"),
+                                           ({"attentional_pool": True, "attn_pooler_heads": 2,
+                                             "attn_pooler_queries": 4}, "attentional pooler")])
+def test_vit_teacher_refuses_pools_without_a_dense_reading(tmp_path, vision, named):
+    config, weights, _ = random_clip_files(tmp_path, vision)
+    with pytest.raises(ValueError, match=f"model_config.json.*{named}.*supported ViT pool types"):
+        build_clip_teacher(config, weights=weights)
+
+
+def test_tiny_clip_config_pool_type():
+    assert tiny_clip_config()["vision_cfg"]["pool_type"] == "avg"
+    assert tiny_clip_config(pool_type="tok")["vision_cfg"]["pool_type"] == "tok"
+    with pytest.raises(ValueError, match="pool_type.*'none'"):
+        tiny_clip_config(pool_type="none")
+
+
 def test_zero_shot_accuracy_and_dense_predictions_by_hand():
     text = torch.eye(3)
     images = torch.tensor([[1.0, 0.1, 0.0], [0.0, 0.0, 1.0], [0.2, 1.0, 0.0], [3.0, 0.0, 0.0]])
@@ -369,6 +455,7 @@ def test_tool_trains_measures_and_reports_bad_input(tiny_world, tmp_path, capsys
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["zero_shot_crop_accuracy"] <= 1 and 0 <= metrics["pixel_miou"] <= 1
     assert (out / "world_clip.pt").is_file() and (out / "model_config.json").is_file()
+    assert json.loads((out / "model_config.json").read_text())["vision_cfg"]["pool_type"] == "avg"
 
     assert tool.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
     error = capsys.readouterr().err.strip()

@@ -7,12 +7,15 @@ object crops captioned "a photo of a <class>." through prompt templates, and who
 with the classes they show. An open_clip CLIP (a tiny ViT and a small text transformer, open_clip's
 tokenizer and ClipLoss) is trained on the --train-split scenes and measured on the --val-split scenes
 through the library's CLIP teacher: 2D zero-shot accuracy on validation crops (the 20 ScanNet class
-names x prompt templates) and the pixel mIoU of its dense MaskCLIP features against the same text on
-validation frames. Writes to --out: model_config.json and world_clip.pt (load them as a teacher with
-teacher.name=clip teacher.weights=OUT/world_clip.pt teacher.options.model=OUT/model_config.json),
-checkpoints/last.pt (a rerun resumes), train_metrics.json and metrics.json (the two figures, the loss
-curve's start and end, the training time, the pair counts). Nothing is downloaded. Bad input is a
-one-line error naming the file and exit status 1 (--debug shows the traceback).
+names x prompt templates) and the pixel mIoU of its dense features against the same text on validation
+frames. --pool-type avg (the default) makes the image embedding the mean of the patch tokens, so
+ClipLoss trains the dense features; tok pools the class token as OpenAI's CLIP (the dense features are
+then MaskCLIP's, at chance for a CLIP this small). Writes to --out: model_config.json and world_clip.pt
+(load them as a teacher with teacher.name=clip teacher.weights=OUT/world_clip.pt
+teacher.options.model=OUT/model_config.json), checkpoints/last.pt (a rerun resumes), train_metrics.json
+and metrics.json (the two figures, the loss curve's start and end, the training time, the pair counts).
+Nothing is downloaded. Bad input is a one-line error naming the file and exit status 1 (--debug shows
+the traceback).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from scene_kd.cli import add_debug_flag, run_tool
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -51,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--caption-min-fraction", type=float, default=0.03,
                       help="a class is named in a frame's caption when it covers this fraction of the frame's "
                       "labelled pixels (default 0.03)")
-    data.add_argument("--region-side", type=float, default=0.25,
-                      help="region crops: window side as a fraction of the frame's shorter side, 0 for none "
-                      "(default 0.25)")
+    data.add_argument("--region-side", type=float, nargs="+", default=[0.25], metavar="FRACTION",
+                      help="region crops: window side as a fraction of the frame's shorter side, 0 for none; "
+                      "several sides give a region per class and side (default 0.25)")
     data.add_argument("--min-region-purity", type=float, default=0.5,
                       help="a region crop is kept when its class holds this fraction of the window's labelled "
                       "pixels (default 0.5)")
@@ -69,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--text-layers", type=int, default=3, help="text transformer blocks (default 3)")
     model.add_argument("--context-length", type=int, default=32, help="text tokens, longer captions are cut "
                        "(default 32)")
+    model.add_argument("--pool-type", choices=("avg", "tok"), default="avg",
+                       help="image embedding: avg, the mean of the patch tokens (ClipLoss then trains the dense "
+                       "features), or tok, the class token as OpenAI's CLIP (default avg)")
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
     train.add_argument("--batch-size", type=int, default=128, help="pairs per step, the contrastive batch "
@@ -88,11 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                             help="run the dense teacher on validation frames at this size, a multiple of the patch "
                             "(default: the CLIP input size, frames stretched as the frame pairs are)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    add_debug_flag(parser)
     return parser
 
 
-def run(args: argparse.Namespace) -> dict:
+def train_and_measure(args: argparse.Namespace) -> dict:
+    """Build the pairs, train (or resume) and measure; writes and returns OUT/metrics.json's dict."""
     import torch
 
     from scene_kd.atomic import write_text_atomic
@@ -108,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     started, started_cpu = time.perf_counter(), time.process_time()
     settings = PairSettings(image_size=args.image_size, frame_size=args.frame_size,
                             min_crop_pixels=args.min_crop_pixels, caption_min_fraction=args.caption_min_fraction,
-                            region_side=args.region_side, min_region_purity=args.min_region_purity)
+                            region_side=tuple(args.region_side), min_region_purity=args.min_region_purity)
     progress = not args.no_progress
     names = seg20_class_names()
     train_pairs, _ = build_pair_set(args.data, args.train_split, names, settings, seed=args.seed, progress=progress)
@@ -117,7 +126,8 @@ def run(args: argparse.Namespace) -> dict:
     config = tiny_clip_config(
         image_size=args.image_size, patch_size=args.patch_size, width=args.width, layers=args.layers,
         head_width=args.head_width, embed_dim=args.embed_dim, text_width=args.text_width,
-        text_heads=args.text_heads, text_layers=args.text_layers, context_length=args.context_length)
+        text_heads=args.text_heads, text_layers=args.text_layers, context_length=args.context_length,
+        pool_type=args.pool_type)
     _, train_metrics = train_world_clip(
         train_pairs, args.out, model_config=config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, augment=not args.no_augment,
@@ -149,9 +159,9 @@ def run(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def train_and_report(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    metrics = run(args)
+    metrics = train_and_measure(args)
     print(f"zero-shot accuracy on {metrics['val_crops']} validation crops: "
           f"{100 * metrics['zero_shot_crop_accuracy']:.1f} % (mean over classes "
           f"{100 * metrics['zero_shot_crop_mean_class_accuracy']:.1f} %, chance {100 * metrics['chance']:.0f} %)")
@@ -165,9 +175,7 @@ def train_and_report(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The tool: its exit code, the project's expected errors as one line (--debug: the traceback)."""
-    from scene_kd.cli import run_tool
-
-    return run_tool(train_and_report, argv, name="train_world_clip")
+    return run_tool(run, argv, name="train_world_clip")
 
 
 if __name__ == "__main__":

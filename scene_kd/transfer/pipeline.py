@@ -213,14 +213,15 @@ def world_clip_stage(processed: Path, out_dir: str | os.PathLike, settings: Tran
 
     out = Path(out_dir)
     weights, config_path, metrics_path = out / "world_clip.pt", out / "model_config.json", out / "clip_metrics.json"
-    stamp = stage_stamp(settings, CLIP_FIELDS, seed=seed, data=str(processed))
+    model_config = tiny_clip_config(image_size=settings.clip_image_size)
+    stamp = stage_stamp(settings, CLIP_FIELDS, seed=seed, data=str(processed), model_config=model_config)
     files = TeacherFiles(frame_encoder=Path(), clip_weights=weights, clip_model_config=config_path)
     if reuse_stage(out / "done.json", stamp):
         return files, json.loads(metrics_path.read_text())
     pair_settings = PairSettings(image_size=settings.clip_image_size, frame_size=tuple(settings.image_size))
     train_pairs, _ = build_pair_set(processed, "train", None, pair_settings, seed=seed, progress=progress)
     val_pairs, val_frames = build_pair_set(processed, "val", None, pair_settings, seed=seed, progress=progress)
-    _, training = train_world_clip(train_pairs, out, model_config=tiny_clip_config(image_size=settings.clip_image_size),
+    _, training = train_world_clip(train_pairs, out, model_config=model_config,
                                    steps=settings.clip_steps, batch_size=min(settings.clip_batch, len(train_pairs["texts"])),
                                    seed=seed, progress=progress)
     metrics = evaluate_world_clip(weights, config_path, val_pairs, val_frames)

@@ -7,8 +7,11 @@ teacher exactly as real CLIP weights are: `teacher.name=clip`, `teacher.weights=
 state in `checkpoints/last.pt` (every `checkpoint_every` steps, atomically) and the final open_clip
 checkpoint `world_clip.pt` ({"state_dict": ...}, as `open_clip.load_checkpoint` reads it).
 `evaluate_world_clip` measures it through the library's CLIP teacher: 2D zero-shot accuracy of the
-class prompts on validation crops, and the pixel mIoU of its dense MaskCLIP features against the same
-prompts on validation frames.
+class prompts on validation crops, and the pixel mIoU of its dense features against the same prompts on
+validation frames. The default model pools the mean of its patch tokens (open_clip's `pool_type: "avg"`),
+so ClipLoss trains each patch token and those tokens are the teacher's dense features; with class-token
+pooling ("tok") the teacher reads them the MaskCLIP way and, for a CLIP this small, they carry no class
+information (docs/world_clip.md).
 """
 
 from __future__ import annotations
@@ -56,15 +59,21 @@ def tiny_clip_config(
     text_heads: int = 4,
     text_layers: int = 3,
     context_length: int = 32,
+    pool_type: str = "avg",
 ) -> dict:
     """An open_clip model config (the format of open_clip/model_configs/*.json) for a tiny ViT image
-    tower (`image_size` / `patch_size` patches a side) and a small text transformer."""
+    tower (`image_size` / `patch_size` patches a side) and a small text transformer. `pool_type` is
+    open_clip's image pooling: "avg" (the mean of the patch tokens is the image embedding, so ClipLoss
+    trains every patch token; the CLIP teacher's dense features are those tokens) or "tok" (the class
+    token, as OpenAI's CLIP; the teacher's dense features are then MaskCLIP's value path)."""
     if image_size % patch_size:
         raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
+    if pool_type not in ("avg", "tok"):
+        raise ValueError(f"pool_type must be 'avg' or 'tok' (the CLIP teacher's dense pools), got {pool_type!r}")
     return {
         "embed_dim": embed_dim,
         "vision_cfg": {"image_size": image_size, "layers": layers, "width": width, "patch_size": patch_size,
-                       "head_width": head_width},
+                       "head_width": head_width, "pool_type": pool_type},
         "text_cfg": {"context_length": context_length, "vocab_size": OPEN_CLIP_VOCAB_SIZE, "width": text_width,
                      "heads": text_heads, "layers": text_layers},
     }
@@ -306,7 +315,7 @@ def evaluate_world_clip(
     - zero-shot accuracy on the object crops of `val_pairs` (kind CROP): the teacher's global image
       embedding against the class embeddings ("crop_accuracy", "crop_mean_class_accuracy", "crops"),
       and the same on its region crops (kind REGION: "region_accuracy", ..., "regions");
-    - the pixel mIoU of the dense MaskCLIP features against the class embeddings on `val_frames`
+    - the pixel mIoU of the teacher's dense features against the class embeddings on `val_frames`
       ("images" uint8 [F, H, W, 3], "labels" int [F, H, W]): "pixel_miou", "pixel_accuracy",
       "pixel_iou" (per class), "frames". The teacher runs at `dense_image_size` (default: the model's
       input size, frames stretched as the frame pairs were; a pair (H, W) or an int).

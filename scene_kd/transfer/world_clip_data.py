@@ -6,9 +6,9 @@ of pair come out of a frame:
 - a crop per object instance seen in it (enough labelled pixels, a large enough box): the box of its
   labelled pixels widened by a margin and made square where the frame allows, resized to the CLIP
   input size, captioned with its class name through a prompt template ("a photo of a chair.");
-- region crops: a square window (`region_side` of the frame's shorter side) around a random labelled
-  pixel of each class in the frame, kept when that class holds at least `min_region_purity` of the
-  window's labelled pixels, captioned the same way: clean views of walls, floors and object parts at
+- region crops: a square window (`region_side` of the frame's shorter side, or each of several
+  sides) around a random labelled pixel of each class in the frame, kept when that class holds at
+  least `min_region_purity` of the window's labelled pixels, captioned the same way: clean views of walls, floors and object parts at
   the scale of a few ViT patches, which instance boxes (mostly background) and frames do not give;
 - the whole frame, resized (stretched) to the CLIP input size, captioned with the classes that cover
   at least a fraction of its labelled pixels ("a room with a bed, a wall and a floor.").
@@ -61,7 +61,9 @@ class PairSettings:
     caption_min_fraction: float = 0.03  # of a frame's labelled pixels, for a class to be named
     max_caption_classes: int = 5  # the largest ones
     min_frame_pixels: int = 50  # labelled pixels a frame needs to give a frame pair
-    region_side: float = 0.25  # region window side, fraction of the frame's shorter side (0: no regions)
+    # region window side, fraction of the frame's shorter side (0: no regions), or several sides (a region
+    # per class and side: larger windows show a class at the scale it has in a frame given whole)
+    region_side: float | tuple[float, ...] = 0.25
     min_region_purity: float = 0.5  # fraction of a window's labelled pixels its class must hold
     region_tries: int = 4  # random centres tried per class and frame
 
@@ -193,6 +195,12 @@ def region_boxes(labels: np.ndarray, side: int, rng: np.random.Generator, min_pu
     return out
 
 
+def region_sides(settings: PairSettings) -> tuple[float, ...]:
+    """The region window sides of `settings` (fractions of the frame's shorter side), zeros dropped."""
+    sides = settings.region_side if isinstance(settings.region_side, (tuple, list)) else (settings.region_side,)
+    return tuple(float(side) for side in sides if side > 0)
+
+
 def list_with_articles(names: Sequence[str]) -> str:
     """["bed", "wall", "floor"] -> "a bed, a wall and a floor"."""
     items = [f"an {n}" if n[:1] in "aeiou" else f"a {n}" for n in names]
@@ -218,8 +226,8 @@ def make_pairs(
     int64 [M] (a crop's or region's class, -1 for frames), "classes": bool [M, K] (the classes its caption names),
     "boxes": int64 [M, 4] (x0, y0, x1, y1 of the region taken from the frame; x1, y1 exclusive),
     "frame_index": int64 [M] (into `frames`), "scene_ids"}. Per frame: its object crops in instance
-    order, its region crops in class order, then the frame pair (when it has `min_frame_pixels`
-    labelled pixels and a class to name)."""
+    order, its region crops in class order (side by side, in the order given), then the frame pair (when
+    it has `min_frame_pixels` labelled pixels and a class to name)."""
     num_classes = len(class_names)
     size = settings.image_size
     images, texts, kind, class_index, classes, boxes, frame_index = [], [], [], [], [], [], []
@@ -247,8 +255,8 @@ def make_pairs(
             x0, y0, x1, y1 = crop_box(box, (width, height), settings.crop_margin)
             template = crop_templates[rng.integers(len(crop_templates))]
             add(image[y0:y1, x0:x1], template.format(class_names[cls]), CROP, cls, [cls], (x0, y0, x1, y1), index)
-        if settings.region_side > 0:
-            side = max(1, int(round(settings.region_side * min(width, height))))
+        for fraction in region_sides(settings):
+            side = max(1, int(round(fraction * min(width, height))))
             for cls, box in region_boxes(labels, side, rng, settings.min_region_purity, settings.min_crop_pixels,
                                          settings.region_tries):
                 x0, y0, x1, y1 = box

@@ -3,11 +3,16 @@
 ResNets (RN50, RN101) give the layer4 map before attention pooling (stride 32), optionally carried into
 CLIP's embedding space by the attention pool's value and output projections applied per location
 (`c_proj(v_proj(x))`, as MaskCLIP does for ResNets, without the pool's positional embedding). ViTs
-(ViT-B-16, ViT-L-14) give dense CLIP-space patch features the MaskCLIP way: the last residual block's
-query-key attention is skipped and each patch token keeps only its value path, `x + out_proj(v(ln_1(x)))`
-followed by the block's MLP residual, then `ln_post` and `proj` (MaskCLIP's mmseg ViT with
-`return_qkv=True, final_norm=True` and its head's `proj`). Weights come from a local file or open_clip's
-local cache; nothing is downloaded.
+(ViT-B-16, ViT-L-14) give dense CLIP-space patch features according to the tower's open_clip `pool_type`:
+- "tok" (OpenAI's CLIP: the class token is the image embedding): the MaskCLIP way, the last residual
+  block's query-key attention is skipped and each patch token keeps only its value path,
+  `x + out_proj(v(ln_1(x)))` followed by the block's MLP residual, then `ln_post` and `proj` (MaskCLIP's
+  mmseg ViT with `return_qkv=True, final_norm=True` and its head's `proj`);
+- "avg" (the mean of the patch tokens is the image embedding, so CLIP's loss trains each of them): the
+  patch tokens after the full last block, through `ln_post` and `proj`; their mean is the image
+  embedding (exactly, unless `final_ln_after_pool`, where `ln_post` comes after the mean).
+Other image towers (an attentional pooler, pool_type "none") have no such dense reading and are refused.
+Weights come from a local file or open_clip's local cache; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -354,20 +359,43 @@ def maskclip_value_path(block: nn.Module, tokens: Tensor) -> Tensor:
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+DENSE_POOL_TYPES = ("tok", "avg")  # open_clip VisionTransformer pool types with a dense reading
+
+
+def vit_pool_type(visual: nn.Module, model: str | os.PathLike) -> str:
+    """The open_clip `pool_type` of the VisionTransformer `visual` ("tok" or "avg"); a ValueError naming
+    `model` for a tower without a dense reading (an attentional pooler, pool_type "none")."""
+    if getattr(visual, "attn_pool", None) is not None:
+        raise ValueError(f"clip teacher: the image tower of {os.fspath(model)!r} pools with an attentional "
+                         f"pooler (vision_cfg.attentional_pool), which has no per-patch reading; supported ViT "
+                         f"pool types: {list(DENSE_POOL_TYPES)}")
+    pool_type = getattr(visual, "pool_type", "tok")
+    if pool_type not in DENSE_POOL_TYPES:
+        raise ValueError(f"clip teacher: the image tower of {os.fspath(model)!r} has pool_type {pool_type!r}; "
+                         f"supported ViT pool types: {list(DENSE_POOL_TYPES)} (vision_cfg.pool_type)")
+    return pool_type
+
+
 class ClipViTTeacher(ClipTeacher):
-    """CLIP VisionTransformer, dense MaskCLIP patch features [B, embed_dim, H/p, W/p] (p = patch size).
+    """CLIP VisionTransformer, dense CLIP-space patch features [B, embed_dim, H/p, W/p] (p = patch size):
+    MaskCLIP's value path for pool_type "tok", the patch tokens for "avg" (see the module docstring).
 
     Inputs whose sides are not multiples of p are resized to the nearest multiples (or to
     `image_size` when given); the positional embedding is interpolated bicubically to the patch grid.
+    `model` names the tower in errors.
     """
 
-    def __init__(self, visual: nn.Module, image_size: int | Sequence[int] | None = None):
+    def __init__(self, visual: nn.Module, image_size: int | Sequence[int] | None = None,
+                 model: str = "the VisionTransformer"):
+        pool_type = vit_pool_type(visual, model)
         patch = visual.patch_size
         patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
         if patch[0] != patch[1]:
             raise ValueError(f"clip teacher: square patches expected, got {patch}")
         super().__init__(image_size, patch[0])
         self.visual = visual
+        self.pool_type = pool_type
+        self.final_ln_after_pool = bool(getattr(visual, "final_ln_after_pool", False))
         self.stride = patch[0]
         self.out_channels = self.embed_dim = visual.proj.shape[1]
 
@@ -405,9 +433,19 @@ class ClipViTTeacher(ClipTeacher):
             x = block(x)
         return (x if batch_first else x.transpose(0, 1)), (gh, gw)
 
+    def last_block(self, tokens: Tensor) -> Tensor:
+        """The unchanged last block on batch-first tokens [B, L, width]."""
+        batch_first = getattr(self.visual.transformer, "batch_first", True)
+        x = self.visual.transformer.resblocks[-1](tokens if batch_first else tokens.transpose(0, 1))
+        return x if batch_first else x.transpose(0, 1)
+
     def dense(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Tokens before the last block [B, 1 + gh * gw, width] -> the dense map [B, embed_dim, gh, gw]."""
         v = self.visual
-        x = maskclip_value_path(v.transformer.resblocks[-1], tokens[:, 1:])  # no mixing: the class token is not needed
+        if self.pool_type == "avg":
+            x = self.last_block(tokens)[:, 1:]  # the tokens open_clip's mean pools
+        else:
+            x = maskclip_value_path(v.transformer.resblocks[-1], tokens[:, 1:])  # no mixing: no class token needed
         x = v.ln_post(x) @ v.proj
         return x.transpose(1, 2).reshape(x.shape[0], -1, *grid)
 
@@ -415,14 +453,20 @@ class ClipViTTeacher(ClipTeacher):
         return self.dense(*self.tokens_before_last_block(images))
 
     def extract_with_global(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(the dense map as `extract`, CLIP's image embedding [B, embed_dim]: the class token through
-        the unchanged last block, `ln_post` and `proj`), sharing the first L-1 blocks."""
+        """(the dense map as `extract`, CLIP's image embedding [B, embed_dim] as open_clip pools it: "tok",
+        the class token through the unchanged last block, `ln_post` and `proj`, sharing the first L-1
+        blocks with the MaskCLIP path; "avg", the mean of the dense map's tokens (`ln_post` after the mean
+        when `final_ln_after_pool`), sharing the whole forward)."""
         v = self.visual
-        tokens, grid = self.tokens_before_last_block(images)
-        batch_first = getattr(v.transformer, "batch_first", True)
-        x = v.transformer.resblocks[-1](tokens if batch_first else tokens.transpose(0, 1))
-        cls = x[:, 0] if batch_first else x[0]
-        return self.dense(tokens, grid), v.ln_post(cls) @ v.proj
+        tokens, (gh, gw) = self.tokens_before_last_block(images)
+        x = self.last_block(tokens)
+        if self.pool_type == "tok":
+            return self.dense(tokens, (gh, gw)), v.ln_post(x[:, 0]) @ v.proj
+        patches = x[:, 1:]
+        normed = v.ln_post(patches)
+        dense = (normed @ v.proj).transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+        pooled = v.ln_post(patches.mean(dim=1)) if self.final_ln_after_pool else normed.mean(dim=1)
+        return dense, pooled @ v.proj
 
 
 def build_clip_teacher(
@@ -438,9 +482,10 @@ def build_clip_teacher(
     """Frozen CLIP image tower of open_clip `model` ("RN50", "RN101", "ViT-B-16", "ViT-L-14").
 
     ResNets: layer4 features, in CLIP space when `clip_space=True` (default False). ViTs: dense
-    MaskCLIP features, always in CLIP space (`clip_space=False` is an error). `image_size` fixes the
-    resolution the tower runs at (input resized; ViT positional embeddings interpolated to its patch
-    grid). Weights as in `load_clip_model`; the text tower is dropped. `model` may also be the path of
+    CLIP-space features, MaskCLIP's for open_clip pool_type "tok", the patch tokens for "avg" (see
+    `ClipViTTeacher`; other pool types and attentional poolers are a ValueError; `clip_space=False`
+    is an error). `image_size` fixes the resolution the tower runs at (input resized; ViT positional
+    embeddings interpolated to its patch grid). Weights as in `load_clip_model`; the text tower is dropped. `model` may also be the path of
     an open_clip model-config JSON file (a custom architecture; see `load_clip_model`).
     """
     from open_clip.modified_resnet import ModifiedResNet
@@ -459,14 +504,13 @@ def build_clip_teacher(
         teacher = ClipResNetTeacher(visual, bool(clip_space), image_size)
     elif (
         isinstance(visual, VisionTransformer)
-        and visual.attn_pool is None
         and visual.proj is not None
         and isinstance(visual.transformer.resblocks[-1], ResidualAttentionBlock)
         and isinstance(visual.transformer.resblocks[-1].attn, nn.MultiheadAttention)
     ):
         if clip_space is False:
             raise ValueError(f"clip teacher: {model!r} is a ViT, whose dense features are CLIP-space only")
-        teacher = ClipViTTeacher(visual, image_size)
+        teacher = ClipViTTeacher(visual, image_size, model=os.fspath(model))
     else:
         raise ValueError(
             f"clip teacher: the image tower of {model!r} ({type(visual).__name__}) is not supported"
