@@ -40,7 +40,9 @@ def ppkt_loss(voxel_features: torch.Tensor, head2d: UpsamplingProjection, head3d
     """PPKT's InfoNCE at `pairs` [M, 4]: the 3D head's embedding of each pair's voxel (rows of
     voxel_features [N, C]) against the 2D head's embedding of its pixel (teacher_map [B_img, C', h, w]
     upsampled to image_size (H, W))."""
-    points = head3d(voxel_features[pairs[:, 0]])
+    # index_select, not advanced indexing: its backward (index_add_) sums repeated voxels in a fixed
+    # order, where advanced indexing's (index_put_ with accumulate) does not on CPU with several threads.
+    points = head3d(voxel_features.index_select(0, pairs[:, 0]))
     pixels = head2d.sample(teacher_map, pairs[:, 1], pairs[:, 2], pairs[:, 3], image_size)
     return pixel_point_infonce(points, pixels, temperature)
 

@@ -43,9 +43,15 @@ def sample_pixel_features(
     c0, c1, wc = _source_index(cols, w, width)
     wr = wr.to(features.dtype)[:, None]
     wc = wc.to(features.dtype)[:, None]
-    cells = features.permute(0, 2, 3, 1)  # [B, h, w, C]; advanced indexing gathers [M, C] rows
-    top = cells[image_index, r0, c0] * (1 - wc) + cells[image_index, r0, c1] * wc
-    bottom = cells[image_index, r1, c0] * (1 - wc) + cells[image_index, r1, c1] * wc
+    # [B * h * w, C] rows gathered with index_select: its backward sums repeated pixels in a fixed order
+    # (advanced indexing's index_put_ with accumulate does not, on CPU with several threads).
+    cells = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+
+    def gather(r: Tensor, c: Tensor) -> Tensor:
+        return cells.index_select(0, (image_index * h + r) * w + c)
+
+    top = gather(r0, c0) * (1 - wc) + gather(r0, c1) * wc
+    bottom = gather(r1, c0) * (1 - wc) + gather(r1, c1) * wc
     return top * (1 - wr) + bottom * wr
 
 

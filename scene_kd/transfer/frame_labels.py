@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from scene_kd.data.correspondence import RGBDCamera, visible_points
 from scene_kd.data.geometry import as_matrix4, pose_is_valid, project_points, round_pixels
-from scene_kd.data.scenes import read_manifest, resolve_scene_ids
+from scene_kd.data.scenes import load_scene, read_manifest, resolve_scene_ids
 from scene_kd.scannet.exported import ExportedFrameSource
 from scene_kd.scannet.frame_types import RGBDFrame
 
@@ -58,6 +58,9 @@ def frame_label_image(
     return out
 
 
+CODE_BASE = 1024  # with instances: class index + CODE_BASE * (instance + 1), both labels projected as one
+
+
 def load_labelled_frames(
     root: str | os.PathLike,
     split: str | os.PathLike | Sequence[str] | None,
@@ -65,36 +68,44 @@ def load_labelled_frames(
     *,
     label_name: str = "segment20",
     depth_tolerance: float = 0.05,
+    with_instances: bool = False,
     progress: bool = False,
-) -> dict[str, np.ndarray]:
+) -> dict:
     """Every frame of the processed scenes of `split` with its projected labels:
-    {"images": uint8 [F, H, W, 3], "labels": int64 [F, H, W], "scene_index": int64 [F],
-    "frame_ids": int64 [F]} at `image_size` (W, H). Frames with a non-finite pose are left out."""
+    {"images": uint8 [F, H, W, 3], "labels": int64 [F, H, W], "scene_index": int64 [F] (into
+    "scene_ids"), "frame_ids": int64 [F], "scene_ids": list[str]} at `image_size` (W, H). Frames with
+    a non-finite pose are left out. with_instances: also "instances" int64 [F, H, W] (instance id, -1
+    none), from the same projection as the class, so a pixel's class and instance are one point's."""
     root = Path(root)
     scene_ids = resolve_scene_ids(root, split)
     width, height = int(image_size[0]), int(image_size[1])
-    images, label_images, scene_index, frame_ids = [], [], [], []
-    bar = tqdm(scene_ids, desc="frame labels", unit="scene", disable=not progress)
-    for index, scene_id in enumerate(bar):
+    images, codes, scene_index, frame_ids = [], [], [], []
+    for index, scene_id in enumerate(tqdm(scene_ids, desc="frame labels", unit="scene", disable=not progress)):
         scene_dir = root / scene_id
-        points = np.load(scene_dir / "coord.npy")
-        labels = np.load(scene_dir / f"{label_name}.npy")
-        if len(labels) != len(points):
-            raise ValueError(f"{scene_dir}: {label_name}.npy has {len(labels)} labels for {len(points)} points")
+        arrays = load_scene(root, scene_id, ("coord", label_name, *(("instance",) if with_instances else ())))
+        code = arrays[label_name]
+        if with_instances:
+            if code.max(initial=-1) >= CODE_BASE:
+                raise ValueError(f"{scene_dir / (label_name + '.npy')}: class indices must be < {CODE_BASE}")
+            code = np.where(code >= 0, code + CODE_BASE * (arrays["instance"] + 1), -1)
         source = ExportedFrameSource(scene_dir)
         camera = RGBDCamera.from_source(source)
         for frame_id in (int(i) for i in read_manifest(scene_dir)["frame_ids"]):
             frame = source.read(frame_id)
             if not pose_is_valid(frame.camera_to_world):
                 continue
-            label_images.append(frame_label_image(points, labels, frame, camera, (width, height), depth_tolerance))
+            codes.append(frame_label_image(arrays["coord"], code, frame, camera, (width, height), depth_tolerance))
             color = Image.fromarray(frame.color).resize((width, height), Image.BILINEAR)
             images.append(np.asarray(color, dtype=np.uint8))
             scene_index.append(index)
             frame_ids.append(frame_id)
     if not images:
         raise ValueError(f"{root}: no frames with a valid pose in split {split!r}")
-    return {
-        "images": np.stack(images), "labels": np.stack(label_images),
-        "scene_index": np.asarray(scene_index, dtype=np.int64), "frame_ids": np.asarray(frame_ids, dtype=np.int64),
-    }
+    codes = np.stack(codes)
+    frames = {"images": np.stack(images), "labels": codes, "scene_index": np.asarray(scene_index, dtype=np.int64),
+              "frame_ids": np.asarray(frame_ids, dtype=np.int64), "scene_ids": list(scene_ids)}
+    if with_instances:
+        seen = codes >= 0
+        frames["labels"] = np.where(seen, codes % CODE_BASE, -1)
+        frames["instances"] = np.where(seen, codes // CODE_BASE - 1, -1)
+    return frames

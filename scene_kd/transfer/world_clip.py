@@ -150,22 +150,55 @@ def _save(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def train_world_clip(
-    pairs: dict,
-    out_dir: str | os.PathLike,
-    *,
-    model_config: dict | None = None,
-    steps: int = 1000,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    weight_decay: float = 0.1,
-    warmup_steps: int | None = None,
-    augment: bool = True,
-    seed: int = 0,
-    checkpoint_every: int = 100,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-) -> tuple[nn.Module, dict]:
+def _resumable_state(checkpoint_path: Path, settings: dict) -> dict | None:
+    """The resumable training state at `checkpoint_path` (None when there is none); a state made with
+    other settings is a ValueError naming the directory and the settings that differ."""
+    if not checkpoint_path.exists():
+        return None
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if state.get("settings") != settings:
+        recorded = state.get("settings") or {}
+        changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+        raise ValueError(f"{checkpoint_path.parent.parent}: holds a world CLIP trained with other settings "
+                         f"({', '.join(changed)} differ); use another directory or delete this one")
+    return state
+
+
+def _new_training(config_path: Path, seed: int, device: str | torch.device, lr: float, weight_decay: float,
+                  warmup_steps: int, steps: int) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The CLIP of `config_path` initialised from `seed` (global generators untouched) in train mode on
+    `device`, AdamW (CLIP's betas and eps; `parameter_groups`) and warmup-cosine."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = clip_from_config_file(config_path)
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, steps))
+    return model, optimizer, scheduler
+
+
+def clip_step(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
+              tokens: Tensor) -> float:
+    """One optimizer step of open_clip's ClipLoss on normalized images [B, 3, S, S] and their caption
+    tokens [B, L]; the logit scale clamped at 100 as open_clip's training loop does. Returns the loss."""
+    image_features = model.encode_image(images, normalize=True)
+    text_features = model.encode_text(tokens, normalize=True)
+    loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"world CLIP: non-finite ClipLoss {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss.item()
+
+
+def train_world_clip(pairs: dict, out_dir: str | os.PathLike, *, model_config: dict | None = None, steps: int = 1000,
+                     batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.1,
+                     warmup_steps: int | None = None, augment: bool = True, seed: int = 0,
+                     checkpoint_every: int = 100, device: str | torch.device = "cpu",
+                     progress: bool = True) -> tuple[nn.Module, dict]:
     """Train an open_clip CLIP (`model_config`, default `tiny_clip_config` at the pairs' image size) on
     `pairs` (`make_pairs`'s dict: "images" uint8 [M, S, S, 3], "texts") with open_clip's ClipLoss,
     AdamW and a warmup-cosine schedule (warmup default: steps // 10); each step draws `batch_size`
@@ -178,8 +211,7 @@ def train_world_clip(
     "cpu_seconds" (this process's CPU time in the steps, likewise), "pairs",
     "weights", "model_config"})."""
     if steps < 1 or batch_size < 2 or checkpoint_every < 1:
-        raise ValueError(f"need steps >= 1, batch_size >= 2, checkpoint_every >= 1; got {steps}, {batch_size}, "
-                         f"{checkpoint_every}")
+        raise ValueError(f"need steps >= 1, batch_size >= 2, checkpoint_every >= 1; got {steps}, {batch_size}, {checkpoint_every}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     image_size = int(pairs["images"].shape[1]) if getattr(pairs.get("images"), "ndim", 0) == 4 else 64
@@ -191,24 +223,12 @@ def train_world_clip(
                 "pairs": len(pairs["texts"]), "pairs_sha1": pair_fingerprint(pairs)}
     settings = json.loads(json.dumps(settings))
     config_path, checkpoint_path = out / MODEL_CONFIG_NAME, out / CHECKPOINT_NAME
-    state = None
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if state.get("settings") != settings:
-            recorded = state.get("settings") or {}
-            changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
-            raise ValueError(f"{out}: holds a world CLIP trained with other settings ({', '.join(changed)} differ); "
-                             "use another directory or delete this one")
+    state = _resumable_state(checkpoint_path, settings)
     write_text_atomic(config_path, json.dumps(config, indent=2) + "\n")
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = clip_from_config_file(config_path)
-    model = model.to(device).train()
+    model, optimizer, scheduler = _new_training(config_path, seed, device, lr, weight_decay, warmup_steps, steps)
     tokens = clip_tokenizer(config_path)(list(pairs["texts"]))  # [M, context_length]
     images_all = torch.from_numpy(np.ascontiguousarray(pairs["images"]))
-    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, steps))
     from open_clip.loss import ClipLoss
 
     loss_fn = ClipLoss()
@@ -233,28 +253,17 @@ def train_world_clip(
         images = to_float_images(images_all[pick])
         if augment:
             images = augment_images(images, generator)
-        image_features = model.encode_image(normalize_clip_images(images.to(device)), normalize=True)
-        text_features = model.encode_text(tokens[pick].to(device), normalize=True)
-        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"world CLIP: non-finite ClipLoss {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = clip_step(model, loss_fn, optimizer, normalize_clip_images(images.to(device)), tokens[pick].to(device))
         scheduler.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))  # as open_clip's training loop
-        losses.append(loss.item())
+        losses.append(loss)
         seconds += time.perf_counter() - began
         cpu_seconds += time.process_time() - began_cpu
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             save_state(step + 1)
-    weights = out / WEIGHTS_NAME
-    _save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, weights)
     metrics = {"loss": losses, "steps": steps, "seconds": seconds, "cpu_seconds": cpu_seconds,
-               "pairs": len(pairs["texts"]),
-               "weights": str(weights), "model_config": str(config_path)}
+               "pairs": len(pairs["texts"]), "weights": str(out / WEIGHTS_NAME), "model_config": str(config_path)}
+    _save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, out / WEIGHTS_NAME)
     write_text_atomic(out / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
     return model.eval(), metrics
 

@@ -22,18 +22,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from scene_kd.data.correspondence import RGBDCamera
-from scene_kd.data.geometry import pose_is_valid
-from scene_kd.data.scenes import load_scene, read_manifest, resolve_scene_ids
 from scene_kd.eval.zeroshot import SCANNET_TEMPLATES, seg20_prompt_names
-from scene_kd.scannet.exported import ExportedFrameSource
-from scene_kd.transfer.frame_labels import frame_label_image
+from scene_kd.transfer.frame_labels import load_labelled_frames
 
 CROP = 0  # an object instance's box
 FRAME = 1  # a whole frame
@@ -46,7 +40,6 @@ FRAME_TEMPLATES = (
     "a room with {}.",
     "a photo of {}.",
 )
-_CODE_BASE = 1024  # class index + _CODE_BASE * (instance + 1): both labels projected as one
 
 
 @dataclass(frozen=True)
@@ -78,42 +71,11 @@ def load_instance_frames(
     progress: bool = False,
 ) -> dict:
     """Every frame (valid pose) of the processed scenes of `split` with its projected class and instance
-    labels: {"images": uint8 [F, H, W, 3], "labels": int64 [F, H, W] (class, -1 unlabelled),
-    "instances": int64 [F, H, W] (instance id, -1 none), "scene_index": int64 [F] (into "scene_ids"),
-    "frame_ids": int64 [F], "scene_ids": list[str]} at `frame_size` (W, H). Both labels come from one
-    projection (`frame_label_image`), so a pixel's class and instance are those of the same point."""
-    root = Path(root)
-    scene_ids = resolve_scene_ids(root, split)
-    width, height = int(frame_size[0]), int(frame_size[1])
-    images, labels, instances, scene_index, frame_ids = [], [], [], [], []
-    for index, scene_id in enumerate(tqdm(scene_ids, desc="frames", unit="scene", disable=not progress)):
-        scene_dir = root / scene_id
-        arrays = load_scene(root, scene_id, ("coord", label_name, "instance"))
-        classes, instance = arrays[label_name], arrays["instance"]
-        if classes.max(initial=-1) >= _CODE_BASE:
-            raise ValueError(f"{scene_dir / (label_name + '.npy')}: class indices must be < {_CODE_BASE}")
-        code = np.where(classes >= 0, classes + _CODE_BASE * (instance + 1), -1)
-        source = ExportedFrameSource(scene_dir)
-        camera = RGBDCamera.from_source(source)
-        for frame_id in (int(i) for i in read_manifest(scene_dir)["frame_ids"]):
-            frame = source.read(frame_id)
-            if not pose_is_valid(frame.camera_to_world):
-                continue
-            projected = frame_label_image(arrays["coord"], code, frame, camera, (width, height), depth_tolerance)
-            seen = projected >= 0
-            labels.append(np.where(seen, projected % _CODE_BASE, -1))
-            instances.append(np.where(seen, projected // _CODE_BASE - 1, -1))
-            color = Image.fromarray(frame.color).resize((width, height), Image.BILINEAR)
-            images.append(np.asarray(color, dtype=np.uint8))
-            scene_index.append(index)
-            frame_ids.append(frame_id)
-    if not images:
-        raise ValueError(f"{root}: no frames with a valid pose in split {split!r}")
-    return {
-        "images": np.stack(images), "labels": np.stack(labels), "instances": np.stack(instances),
-        "scene_index": np.asarray(scene_index, dtype=np.int64), "frame_ids": np.asarray(frame_ids, dtype=np.int64),
-        "scene_ids": list(scene_ids),
-    }
+    labels at `frame_size` (W, H): `load_labelled_frames(..., with_instances=True)`, whose dict has
+    "images", "labels" (class, -1 unlabelled), "instances" (-1 none), "scene_index", "frame_ids",
+    "scene_ids"."""
+    return load_labelled_frames(root, split, frame_size, label_name=label_name, depth_tolerance=depth_tolerance,
+                                with_instances=True, progress=progress)
 
 
 def instance_boxes(labels: np.ndarray, instances: np.ndarray, min_pixels: int = 8,
