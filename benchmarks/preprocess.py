@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from scene_kd.cli import add_debug_flag, run_tool
 from scene_kd.scannet.annotations import SegGroup, write_aggregation_json, write_scene_txt, write_segs_json
 from scene_kd.scannet.frame_types import RGBDFrame
 from scene_kd.scannet.labels import LabelRow, write_label_tsv
@@ -234,7 +235,7 @@ def pipeline_run(
     return len(summary.scenes), sum(s.num_frames for s in summary.scenes), wall, cpu
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -266,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         help="where scans and outputs go, kept and reused by later runs with the "
         "same scan arguments (default: a temporary directory, removed)",
     )
+    add_debug_flag(parser)
     args = parser.parse_args(argv)  # fmt: skip
+    if min(args.scenes, args.frames, args.frame_skip, args.repeats, args.template_frames, *args.workers) < 1:
+        parser.error("--scenes, --frames, --frame-skip, --workers, --repeats and --template-frames must be >= 1")
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
     try:
@@ -332,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark: its exit code, expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="preprocess_benchmark")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ from pathlib import Path
 import torch
 
 from scene_kd.atomic import write_text_atomic
+from scene_kd.cli import add_debug_flag, run_tool
+from scene_kd.models.students import STUDENTS
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = ("ppkt_resnet50", "ppkt_clip_rn50", "ppkt_clip_vitb16")
@@ -388,14 +390,15 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--recipes", nargs="+", default=list(RECIPES), help="configs/pretrain/<name>.yaml names"
     )
-    parser.add_argument("--student", default="Res16UNet34C", help="student.name (default Res16UNet34C)")
+    parser.add_argument("--student", default="Res16UNet34C", choices=list(STUDENTS), metavar="STUDENT",
+                        help="student.name (default Res16UNet34C)")
     parser.add_argument("--batch-frames", type=int, default=8, help="frames per batch (data.batch_size)")
     parser.add_argument("--steps", type=int, default=2, help="timed iterations after one warm-up")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -432,7 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data-root", help=argparse.SUPPRESS)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if min(args.batch_frames, args.steps, args.threads, args.scenes, args.frames, args.frame_skip) < 1:
+        parser.error("--batch-frames, --steps, --threads, --scenes, --frames and --frame-skip must be >= 1")
+    unknown = set(args.recipes) - set(RECIPES) - {p.stem for p in (REPO / "configs" / "pretrain").glob("*.yaml")}
+    if unknown:
+        parser.error(f"--recipes {sorted(unknown)}: no such configs/pretrain/<name>.yaml")
 
     if args.worker:
         print(json.dumps(measure(args.worker, args, Path(args.data_root))))
@@ -482,6 +491,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     return 0 if len(rows) == len(args.recipes) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark: its exit code, expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="pretrain_throughput")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import time
 import torch
 
 from scene_kd.atomic import write_text_atomic
+from scene_kd.cli import add_debug_flag, run_tool
+from scene_kd.models.students import STUDENTS
 from scene_kd.sparse.fixtures import room_voxels
 
 MODELS = ("Res16UNet34C", "MinkUNet18A")
@@ -89,22 +91,27 @@ def run_worker(args, model_name: str, backend_name: str) -> dict | None:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--voxels", type=int, default=150_000, help="occupied 2 cm voxels per scene (default 150000)")
     parser.add_argument("--batch", type=int, default=2, help="scenes per batch (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up; the median is kept")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"students (default {' '.join(MODELS)})")
-    parser.add_argument("--backends", nargs="+", default=["torch", "minkowski"], help="torch and/or minkowski")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(STUDENTS), metavar="MODEL",
+                        help=f"students (default {' '.join(MODELS)})")
+    parser.add_argument("--backends", nargs="+", default=["torch", "minkowski"], choices=["torch", "minkowski"],
+                        help="torch and/or minkowski")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "BACKEND"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    if min(args.voxels, args.batch, args.repeats, args.threads) < 1:
+        parser.error("--voxels, --batch, --repeats and --threads must be at least 1")
 
     if args.worker:
         print(json.dumps(measure(*args.worker, args.device, args.voxels, args.batch, args.repeats, args.threads)))
-        return
+        return 0
 
     from scene_kd.sparse import minkowski_available
 
@@ -136,7 +143,13 @@ def main() -> None:
               f"{row['forward_backward_s']:.2f} | {row['peak_mb']:.0f} | {' | '.join(ratios)} |")
     if args.json:
         write_text_atomic(args.json, json.dumps(rows, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark: its exit code, expected errors as one line (--debug: the traceback)."""
+    return run_tool(run, argv, name="sparse_unet")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,11 +13,13 @@ r"""The papers' data-efficient table in miniature, for PPKT and for CLIP concept
      text transformer) trained with open_clip's ClipLoss on image-text pairs made from the frames
      (object crops captioned with their class names, whole frames captioned with the classes they
      show), then loaded as `teacher.name=clip` exactly as real CLIP weights are.
-3. Arms, each pretraining MinkUNet14A on the unlabelled training scans (scene mode): `ppkt_2d`,
-   `ppkt_clip`, `ppkt_concept_clip` (every seed); ablations `concept_clip` and
-   `ppkt_concept_nofit_clip` (the paper's two concept terms without the fit term), first seed only.
-4. Per seed: finetunes in every limited-label setting from scratch and from each arm (same seed,
-   data order and schedule), a linear probe of each arm (full labels, frozen backbone), full-label
+3. Arms, each pretraining MinkUNet14A on the unlabelled training scans (scene mode, 500 steps): `ppkt_2d`,
+   `ppkt_clip`, `ppkt_concept_clip`; ablations `concept_clip` and `ppkt_concept_nofit_clip` (the
+   paper's two concept terms without the fit term). Each arm is pretrained once, with the first seed,
+   and every seed finetunes from it (`--pretrain-every-seed`: one pretraining per seed and arm).
+4. Per seed (scratch and the main arms; the ablations with the first seed only): finetunes in every
+   limited-label setting from scratch and from each arm (80 steps; the same seed, data order and
+   schedule for all), a linear probe of each arm (full labels, frozen backbone), full-label
    finetunes (scratch, `ppkt_concept_clip`), zero-shot 3D segmentation of the concept arms
    (`tools/zeroshot_seg.py`'s path); once: the 2D-only zero-shot baseline (CLIP dense features fused
    onto the points through the frames, as OpenScene does).
@@ -27,7 +29,8 @@ table.md, transfer_arms.png (bars with error bars over seeds), pretrain_curves.p
 curves), features.png / zeroshot.png (pictures of a validation scan) and the PLYs beside them;
 `--record FILE` also copies results.json there (the committed record is
 docs/results/transfer_synthetic.json). Every stage is reused when finished and resumed when
-interrupted: rerun the same command. Torch threads: --threads.
+interrupted: rerun the same command. Torch threads: --threads; independent stages side by side in
+worker processes: --jobs (the full run on 2 cores: --jobs 2 --threads 1).
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of the synthetic world, its teachers and label subsets (default 0)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="training seeds of scratch and the main arms; ablations run the first (default 0 1 2)")
+    parser.add_argument("--pretrain-every-seed", action="store_true",
+                        help="pretrain every arm once per seed (default: once, with the first seed, and every seed "
+                        "finetunes from that student)")
     parser.add_argument("--arms", nargs="+", default=list(MAIN_ARMS), choices=list(MAIN_ARMS),
                         help=f"main arms (default: all: {' '.join(MAIN_ARMS)})")
     parser.add_argument("--ablations", nargs="*", default=list(ABLATION_ARMS), choices=list(ABLATION_ARMS),
@@ -75,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, what in (("teacher-steps", "2D teacher training"), ("clip-steps", "in-world CLIP training"),
                        ("pretrain-steps", "pretraining of every arm"), ("finetune-steps", "every finetune")):
         parser.add_argument(f"--{flag}", type=int, help=f"override the steps of {what}")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="stages run side by side in this many worker processes (default 1: in this process, "
+                        "in order); on 2 cores, --jobs 2 --threads 1 does about twice the work of one process")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch CPU threads of this process, and of each worker with --jobs > 1 (default 2)")
     parser.add_argument("--record", help="also copy results.json to this file (e.g. docs/results/transfer_synthetic.json)")
     parser.add_argument("--pictures-dir", help="write the PNG pictures here too (e.g. docs/results/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -84,20 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = quick_settings() if args.quick else full_settings()
     for name in ("teacher_steps", "clip_steps", "pretrain_steps", "finetune_steps"):
         if getattr(args, name):
             setattr(settings, name, getattr(args, name))
     known = label_settings(settings)
+    if args.jobs < 1 or args.threads < 1:
+        parser.error("--jobs and --threads must be at least 1")
     if args.settings and set(args.settings) - set(known):
         raise ValueError(f"--settings {sorted(set(args.settings) - set(known))}: not settings of this mode; "
                          f"choose from {known}")
-    plan = BenchmarkPlan(seeds=args.seeds, world_seed=args.world_seed, label_settings=args.settings or [],
+    plan = BenchmarkPlan(seeds=args.seeds, world_seed=args.world_seed, pretrain_every_seed=args.pretrain_every_seed,
+                         label_settings=args.settings or [],
                          arms=args.arms, ablations=args.ablations)
     work = Path(args.work_dir)
-    record = run_transfer_benchmark(work, settings, plan, progress=not args.no_progress)
+    record = run_transfer_benchmark(work, settings, plan, progress=not args.no_progress, jobs=args.jobs,
+                                    threads_per_job=args.threads)
     arms = ["scratch", *plan.arms, *plan.ablations]
     table = summarize_runs(record.runs)
     columns = [*arms, *(f"linear_probe_{a}" for a in plan.arms + plan.ablations),

@@ -175,6 +175,7 @@ def test_resume_with_another_student_names_the_checkpoint(processed, tmp_path):
         run_finetune_seg(seg_config(processed, tmp_path, "train.max_steps=4", "train.checkpoint_every=2",
                                     "model.student=MinkUNet18A"))
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pth")["step"] == 2
+    assert not (tmp_path / "config.yaml").exists()  # the refused run wrote nothing
 
 
 def test_a_run_directory_with_step_files_only_is_not_reused_silently(tmp_path):

@@ -1,7 +1,7 @@
 """The transfer benchmark's plumbing: `--quick` with every arm (main arms and ablations), the limited
 scenes and limited points protocols, linear probes, full-label finetunes, zero-shot 3D and the 2D
-fusion baseline end to end at toy size; the record's rows, the table, the pictures, and a rerun that
-reuses every finished stage."""
+fusion baseline end to end at toy size, with the stages in two worker processes; the record's rows,
+the table, the pictures, and a rerun in one process that reuses every finished stage."""
 
 import importlib.util
 import json
@@ -27,7 +27,7 @@ def test_quick_benchmark_runs_every_arm_and_records_every_run(tmp_path):
     argv = ["--work-dir", str(tmp_path / "work"), "--quick", "--seeds", "0", "--settings", *SETTINGS,
             "--teacher-steps", "3", "--clip-steps", "3", "--pretrain-steps", "2", "--finetune-steps", "1",
             "--threads", "1", "--no-progress", "--record", str(record)]
-    assert tool.main(argv) == 0
+    assert tool.main([*argv, "--jobs", "2"]) == 0  # stages side by side in two worker processes
     data = json.loads(record.read_text())
     runs = data["runs"]
     assert all(set(r) >= {"world_seed", "seed", "arm", "setting", "miou"} for r in runs)
@@ -49,7 +49,7 @@ def test_quick_benchmark_runs_every_arm_and_records_every_run(tmp_path):
     for name in ("table.md", "transfer_arms.png", "pretrain_curves.png", "features.png", "zeroshot.png"):
         assert (work / name).stat().st_size > 0, name
     assert (work / "world_clip" / "world_clip.pt").is_file() and (work / "world_clip" / "model_config.json").is_file()
-    # A rerun reuses every stage: the same rows, nothing retrained.
+    # A rerun in one process reuses every stage: the same rows, nothing retrained.
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("last.pth")}
     assert tool.main(argv) == 0
     assert json.loads(record.read_text())["runs"] == runs

@@ -207,3 +207,18 @@ def test_out_of_range_config_values_name_their_keys():
     assert str(info.value) == ("train.max_steps must be >= 1, got 0; train.grad_accum must be >= 1, got 0; "
                                "train.log_every must be >= 1, got 0; data.voxel_size must be > 0, got -0.02; "
                                "loss.temperature must be > 0, got 0.0")
+
+
+def test_best_metric_absent_from_the_evaluation_names_the_key(tmp_path):
+    def build(cfg, device):
+        return Task(trainable=nn.Linear(2, 1), objective=DrawingObjective, dataset=Points(), collate_fn=torch.stack,
+                    description="toy", evaluate=lambda step: {"val_miou": 0.5})
+    with pytest.raises(ValueError, match=r"train.best_metric 'val_mIoU' is not among the evaluation metrics "
+                                         r"\['val_miou'\]"):
+        launch(toy_config(tmp_path, eval_every=1, best_metric="val_mIoU"), build)
+
+
+def test_best_metric_without_evaluation_is_announced(tmp_path, capsys):
+    launch(toy_config(tmp_path, eval_every=0, best_metric="val_miou"), toy_task([]))
+    assert "train.best_metric 'val_miou' keeps no checkpoints/best.pth" in capsys.readouterr().out
+    assert not (tmp_path / "checkpoints" / "best.pth").exists()

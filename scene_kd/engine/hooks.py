@@ -92,7 +92,7 @@ class EvalHook(HookBase):
         if not self.best_metric:
             return
         if self.best_metric not in metrics:
-            raise KeyError(f"train.best_metric {self.best_metric!r} is not among the evaluation metrics "
+            raise ValueError(f"train.best_metric {self.best_metric!r} is not among the evaluation metrics "
                            f"{sorted(metrics)}")
         if metrics[self.best_metric] > trainer.best_value:
             trainer.best_value, trainer.is_best = float(metrics[self.best_metric]), True
@@ -128,6 +128,10 @@ def default_hooks(cfg: TrainConfig, run_dir: str | Path, evaluate: Callable[[int
         hooks.append(ProgressHook())
     if evaluate is not None:
         hooks.append(EvalHook(evaluate, cfg.eval_every, cfg.best_metric))
+    if cfg.best_metric and (evaluate is None or cfg.eval_every <= 0) and dist_utils.is_main_process():
+        why = "train.eval_every is 0" if evaluate is not None else "this run has no validation data"
+        print(f"note: no evaluation during training ({why}): train.best_metric {cfg.best_metric!r} keeps no "
+              "checkpoints/best.pth")
     hooks.append(CheckpointHook(Path(run_dir) / "checkpoints", cfg.checkpoint_every, cfg.keep_checkpoints,
                                 cfg.best_metric, checkpoint_extra))
     return hooks

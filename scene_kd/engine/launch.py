@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 from scene_kd.config import as_dict, plain, save_config
 from scene_kd.engine import distributed as dist_utils
 from scene_kd.engine.batches import batch_stream
-from scene_kd.engine.checkpoint import latest_checkpoint, load_latest_checkpoint
+from scene_kd.engine.checkpoint import Resumable, latest_checkpoint, load_latest_checkpoint
+from scene_kd.engine.checkpoint_checks import check_resumable
 from scene_kd.engine.hooks import default_hooks
 from scene_kd.engine.optim import build_optimizer, build_scheduler
 from scene_kd.engine.schema import TrainConfig
@@ -36,13 +37,13 @@ def train(*, model: nn.Module, trainable: nn.Module, dataset: Dataset, collate_f
           samples_in: Callable[[Any], int] = lambda batch: 1,
           batch_metrics: Callable[[Any], dict[str, float]] | None = None,
           evaluate: Callable[[int], dict[str, float]] | None = None,
-          device: torch.device | None = None) -> LoopResult:
+          device: torch.device | None = None, found: Resumable | None = None) -> LoopResult:
     """A `Trainer` with the default hooks over `dataset`, resumed from `run_dir/checkpoints/last.pth`
     (else the newest intact step_*.pth, saying so) when `cfg.resume` (refused when one exists and
     `cfg.resume` is false). checkpoint_extra: more entries for each checkpoint (those naming the job
     and student are checked against a resumed checkpoint's); samples_in(batch): samples in a batch
     (for samples/s); batch_metrics(batch): counters summed between logs; evaluate(step): metrics of the
-    model now."""
+    model now; found: the checkpoint to resume, when the caller has already loaded (and checked) it."""
     device = device or next(trainable.parameters()).device
     refuse_used_run_dir(run_dir, cfg.resume)
 
@@ -53,7 +54,8 @@ def train(*, model: nn.Module, trainable: nn.Module, dataset: Dataset, collate_f
 
     trainer = Trainer(model, trainable, optimizer, scheduler, cfg, device, batches,
                       default_hooks(cfg, run_dir, evaluate, checkpoint_extra), samples_in, batch_metrics)
-    found = load_latest_checkpoint(Path(run_dir) / "checkpoints", map_location=device) if cfg.resume else None
+    if found is None and cfg.resume:
+        found = load_latest_checkpoint(Path(run_dir) / "checkpoints", map_location=device)
     if found is not None:
         if found.notice and dist_utils.is_main_process():
             print(found.notice)
@@ -140,6 +142,11 @@ def launch(cfg: DictConfig, build_task: Callable[[DictConfig, torch.device], Tas
                 task.trainable, device_ids=[device.index] if device.type == "cuda" else None)
         optimizer = build_optimizer(task.trainable.parameters(), cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_steps)
+        # The checkpoint to resume is checked (kind, student, classes) before config.yaml is written:
+        # a refused resume changes nothing in the run directory.
+        found = load_latest_checkpoint(run_dir / "checkpoints", map_location=device) if cfg.train.resume else None
+        if found is not None:
+            check_resumable(found.state, found.path, task.checkpoint_extra())
         if dist_utils.is_main_process():
             save_config(cfg, run_dir / "config.yaml")
             print(f"{task.description} -> {run_dir}")
@@ -147,7 +154,7 @@ def launch(cfg: DictConfig, build_task: Callable[[DictConfig, torch.device], Tas
                        collate_fn=task.collate_fn, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                        optimizer=optimizer, scheduler=scheduler, cfg=cfg.train, run_dir=run_dir,
                        checkpoint_extra=task.checkpoint_extra, samples_in=task.samples_in,
-                       batch_metrics=task.batch_metrics, evaluate=task.evaluate, device=device)
+                       batch_metrics=task.batch_metrics, evaluate=task.evaluate, device=device, found=found)
         if task.finish is not None:
             task.finish(result)
         return result

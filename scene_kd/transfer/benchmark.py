@@ -18,6 +18,7 @@ import numpy as np
 
 from scene_kd.atomic import write_text_atomic
 from scene_kd.transfer.arms import ARMS, TeacherFiles
+from scene_kd.transfer.jobs import Job, run_jobs
 from scene_kd.transfer.pipeline import (
     TransferSettings,
     finetune_stage,
@@ -39,9 +40,13 @@ NOT_FINETUNES = ("linear_probe_", "zeroshot_", FUSION_ARM)  # rows compared with
 
 @dataclass
 class BenchmarkPlan:
-    """What runs: `seeds` for scratch and the main arms, the first seed alone for the ablations."""
+    """What runs: `seeds` for scratch and the main arms, the first seed alone for the ablations.
+    pretrain_every_seed: each seed pretrains its own student (False: each arm is pretrained once,
+    with the first seed, and every seed finetunes from that student, the papers' usual protocol:
+    the spread over seeds is then the finetuning's)."""
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    pretrain_every_seed: bool = False
     world_seed: int = 0
     label_settings: list[str] = field(default_factory=list)  # default: every subset of the settings
     arms: list[str] = field(default_factory=lambda: list(MAIN_ARMS))
@@ -50,8 +55,11 @@ class BenchmarkPlan:
 
 def full_settings() -> TransferSettings:
     """The full run's sizes: 25 scans (20 training, 5 validation), so that 10 % and 20 % of the
-    training scans are 2 and 4 scans."""
-    return TransferSettings(num_scenes=25, scene_percents=[10.0, 20.0], point_counts=[20, 200])
+    training scans are 2 and 4 scans; 500 pretraining steps per arm (each arm pretrained once) and 80
+    steps per finetune, so that the 5 pretrainings and the 73 finetunes and probes of 3 seeds fit 150
+    minutes on 2 cores (`--jobs 2 --threads 1`)."""
+    return TransferSettings(num_scenes=25, scene_percents=[10.0, 20.0], point_counts=[20, 200], pretrain_steps=500,
+                            finetune_steps=80)
 
 
 def quick_settings() -> TransferSettings:
@@ -81,89 +89,113 @@ class BenchmarkRecord:
 
 
 def run_transfer_benchmark(work_dir: str | os.PathLike, settings: TransferSettings, plan: BenchmarkPlan,
-                           progress: bool = True, say: Callable[[str], None] = print) -> BenchmarkRecord:
-    """Run (or resume) the whole benchmark in `work_dir`; returns the record (also in results.json)."""
+                           progress: bool = True, say: Callable[[str], None] = print, jobs: int = 1,
+                           threads_per_job: int = 1) -> BenchmarkRecord:
+    """Run (or resume) the whole benchmark in `work_dir`; returns the record (also in results.json).
+    jobs > 1: independent stages run side by side in that many worker processes of
+    `threads_per_job` torch threads (`transfer/jobs.py`); the rows are the same in either case."""
     work = Path(work_dir)
-    labels = plan.label_settings or label_settings(settings)
     say("== data")
     processed = prepare_synthetic_data(work / "data", settings, seed=plan.world_seed, progress=progress)
-    say("== 2D teacher (from the frames' 2D labels)")
-    teacher, teacher_metrics = train_teacher_stage(processed, work / "teacher", settings, seed=plan.world_seed,
-                                                   progress=progress)
-    say("== in-world CLIP (image-text pairs of the training frames)")
-    clip_files, clip_metrics = world_clip_stage(processed, work / "world_clip", settings, seed=plan.world_seed,
-                                                progress=progress)
-    files = TeacherFiles(frame_encoder=teacher, clip_weights=clip_files.clip_weights,
-                         clip_model_config=clip_files.clip_model_config)
+    files = TeacherFiles(frame_encoder=work / "teacher" / "teacher.pth", clip_weights=work / "world_clip" / "world_clip.pt",
+                         clip_model_config=work / "world_clip" / "model_config.json")
     record = BenchmarkRecord(work / "results.json", header={
-        "settings": settings_dict(settings), "plan": vars(plan) | {"label_settings": labels},
-        "teacher_2d": teacher_metrics, "world_clip": _scalars(clip_metrics)})
-    for seed in plan.seeds:
-        arms = plan.arms + (plan.ablations if seed == plan.seeds[0] else [])
-        checkpoints = {}
-        for arm in arms:
-            say(f"== seed {seed}: pretraining {arm}")
-            checkpoints[arm] = pretrain_stage(processed, teacher, work / f"seed{seed}" / f"pretrain_{arm}", settings,
-                                              seed=seed, progress=progress, arm=ARMS[arm], files=files)
-        _finetunes(record, processed, work / f"seed{seed}", settings, plan, seed, labels, checkpoints, progress, say)
-        _zero_shot(record, processed, settings, plan, seed, checkpoints, say)
-    _fusion_baseline(record, processed, settings, plan, files, say)
+        "settings": settings_dict(settings), "plan": vars(plan) | {"label_settings": plan.label_settings
+                                                                   or label_settings(settings)}})
+    job_list, rows = benchmark_jobs(work, processed, settings, plan, files, progress=progress and jobs <= 1)
+    finished: dict[str, dict] = {}
+
+    def on_done(job: Job, result) -> None:
+        if job.key == "teacher":
+            record.header["teacher_2d"] = result[1]
+        elif job.key == "world_clip":
+            record.header["world_clip"] = _scalars(result[1])
+        elif job.key in rows:
+            miou = result["miou"] if isinstance(result, dict) else result
+            finished[job.key] = {**rows[job.key], "miou": miou}
+            record.runs = [finished[key] for key in rows if key in finished]  # the job list's order
+        record.save()
+
+    run_jobs(job_list, workers=jobs, threads=threads_per_job, on_done=on_done,
+             say=lambda line: say(f"== {line}"))
     return record
 
 
-def _finetunes(record: BenchmarkRecord, processed: Path, seed_dir: Path, settings: TransferSettings,
-               plan: BenchmarkPlan, seed: int, labels: Sequence[str], checkpoints: dict[str, Path], progress: bool,
-               say: Callable[[str], None]) -> None:
-    """Limited-label finetunes of scratch and every arm, linear probes, full-label finetunes."""
-    def row(arm: str, setting: str, metrics: dict) -> None:
-        record.add(world_seed=plan.world_seed, seed=seed, arm=arm, setting=setting, miou=metrics["miou"],
-                   ablation=arm.removeprefix("linear_probe_") in plan.ablations)
+def benchmark_jobs(work: Path, processed: Path, settings: TransferSettings, plan: BenchmarkPlan,
+                   files: TeacherFiles, progress: bool) -> tuple[list[Job], dict[str, dict]]:
+    """Every stage after the data as a job (teachers, pretraining per seed and arm, finetunes, probes,
+    full-label finetunes, zero-shot, the fusion baseline), and the record row (less its "miou") of
+    each job that yields one, keyed by job key, in the record's order."""
+    labels = plan.label_settings or label_settings(settings)
+    common = {"processed": processed, "settings": settings}
+    jobs = [Job("teacher", train_teacher_stage, {**common, "out_dir": work / "teacher", "seed": plan.world_seed,
+                                                 "progress": progress}),
+            Job("world_clip", world_clip_stage, {**common, "out_dir": work / "world_clip", "seed": plan.world_seed,
+                                                 "progress": progress})]
+    rows: dict[str, dict] = {}
 
-    for setting in labels:
-        for arm, init in (("scratch", None), *checkpoints.items()):
-            say(f"== seed {seed}: finetune {setting} from {arm}")
-            row(arm, setting, finetune_stage(processed, setting, init, seed_dir / f"{setting}_{arm}", settings,
-                                             seed=seed, progress=progress))
-    for arm, init in checkpoints.items():
-        say(f"== seed {seed}: linear probe of {arm}")
-        row(f"linear_probe_{arm}", "full_labels", finetune_stage(processed, "full", init, seed_dir / f"probe_{arm}",
-                                                                 settings, seed=seed, progress=progress,
-                                                                 linear_probe=True))
-    for arm in FULL_LABEL_ARMS:
-        if arm == "scratch" or arm in checkpoints:
-            say(f"== seed {seed}: full-label finetune from {arm}")
-            row(arm, "full_labels", finetune_stage(processed, "full", checkpoints.get(arm), seed_dir / f"full_{arm}",
-                                                   settings, seed=seed, progress=progress))
+    def add(key: str, fn: Callable, kwargs: dict, after: Sequence[str], seed: int | None, arm: str,
+            setting: str | None = None) -> None:
+        jobs.append(Job(key, fn, kwargs, tuple(after)))
+        if setting is not None:
+            rows[key] = {"world_seed": plan.world_seed, "seed": seed, "arm": arm, "setting": setting,
+                         "ablation": arm.removeprefix("linear_probe_").removeprefix("zeroshot_") in plan.ablations}
+
+    pretrain_seeds = plan.seeds if plan.pretrain_every_seed else plan.seeds[:1]
+    for seed in pretrain_seeds:
+        for arm in plan.arms + (plan.ablations if seed == plan.seeds[0] else []):
+            teacher_job = "teacher" if ARMS[arm].teacher == "frame_encoder" else "world_clip"
+            add(f"seed{seed}/pretrain_{arm}", pretrain_stage,
+                {**common, "teacher_weights": files.frame_encoder, "out_dir": work / f"seed{seed}" / f"pretrain_{arm}",
+                 "seed": seed, "progress": progress, "arm": ARMS[arm], "files": files},
+                after=(teacher_job,), seed=seed, arm=arm)
+    for seed in plan.seeds:
+        seed_dir = work / f"seed{seed}"
+        arms = plan.arms + (plan.ablations if seed == plan.seeds[0] else [])
+        pretrained = f"seed{seed if plan.pretrain_every_seed else plan.seeds[0]}"
+        init = {arm: work / pretrained / f"pretrain_{arm}" / "checkpoints" / "last.pth" for arm in arms}
+        after = {arm: [f"{pretrained}/pretrain_{arm}"] for arm in arms}
+        finetune = {**common, "seed": seed, "progress": progress}
+        for setting in labels:
+            for arm in ("scratch", *arms):
+                add(f"seed{seed}/{setting}_{arm}", finetune_stage,
+                    {**finetune, "label_setting": setting, "init": init.get(arm), "out_dir": seed_dir / f"{setting}_{arm}"},
+                    after=after.get(arm, ()), seed=seed, arm=arm, setting=setting)
+        for arm in arms:
+            add(f"seed{seed}/probe_{arm}", finetune_stage,
+                {**finetune, "label_setting": "full", "init": init[arm], "out_dir": seed_dir / f"probe_{arm}",
+                 "linear_probe": True}, after=after[arm], seed=seed, arm=f"linear_probe_{arm}", setting="full_labels")
+        for arm in (a for a in FULL_LABEL_ARMS if a == "scratch" or a in arms):
+            add(f"seed{seed}/full_{arm}", finetune_stage,
+                {**finetune, "label_setting": "full", "init": init.get(arm), "out_dir": seed_dir / f"full_{arm}"},
+                after=after.get(arm, ()), seed=seed, arm=arm, setting="full_labels")
+        for arm in (a for a in arms if a in CONCEPT_ARMS):
+            add(f"seed{seed}/zeroshot_{arm}", zero_shot_miou, {"checkpoint": init[arm], "processed": processed},
+                after=after[arm], seed=seed, arm=f"zeroshot_{arm}", setting="zero_shot")
+    add(FUSION_ARM, fusion_baseline_miou, {**common, "files": files}, after=("world_clip",), seed=None, arm=FUSION_ARM,
+        setting="zero_shot")
+    return jobs, rows
 
 
-def _zero_shot(record: BenchmarkRecord, processed: Path, settings: TransferSettings, plan: BenchmarkPlan, seed: int,
-               checkpoints: dict[str, Path], say: Callable[[str], None]) -> None:
+def zero_shot_miou(checkpoint: Path, processed: Path) -> float:
+    """Val mIoU of zero-shot 3D segmentation with a concept-pretrained student (`tools/zeroshot_seg.py`'s path)."""
     from scene_kd.eval.zeroshot import zeroshot_segmentation
 
-    for arm in (a for a in checkpoints if a in CONCEPT_ARMS):
-        say(f"== seed {seed}: zero-shot 3D segmentation with {arm}")
-        confusion = zeroshot_segmentation(checkpoints[arm], processed, "val")
-        record.add(world_seed=plan.world_seed, seed=seed, arm=f"zeroshot_{arm}", setting="zero_shot",
-                   miou=confusion.miou(), ablation=arm in plan.ablations)
+    return zeroshot_segmentation(checkpoint, processed, "val").miou()
 
 
-def _fusion_baseline(record: BenchmarkRecord, processed: Path, settings: TransferSettings, plan: BenchmarkPlan,
-                     files: TeacherFiles, say: Callable[[str], None]) -> None:
-    """The 2D-only zero-shot baseline: deterministic (no training), one row with seed None."""
-    if any(r["arm"] == FUSION_ARM for r in record.runs):
-        return
+def fusion_baseline_miou(processed: Path, settings: TransferSettings, files: TeacherFiles) -> float:
+    """Val mIoU of the 2D-only zero-shot baseline (the CLIP's dense features fused onto the points
+    through the frames, as OpenScene does): deterministic, no 3D training."""
     from scene_kd.eval.fusion_zeroshot import fusion_zeroshot_segmentation
     from scene_kd.eval.zeroshot import SCANNET_TEMPLATES, seg20_prompt_names
     from scene_kd.models.teachers.clip import build_clip_teacher, clip_text_embeddings
 
-    say("== zero-shot 2D fusion baseline (CLIP dense features carried onto the points)")
     width, height = settings.image_size
     teacher = build_clip_teacher(str(files.clip_model_config), weights=files.clip_weights, image_size=(height, width))
     text = clip_text_embeddings(str(files.clip_model_config), files.clip_weights, seg20_prompt_names(),
                                 SCANNET_TEMPLATES)
-    confusion = fusion_zeroshot_segmentation(processed, "val", teacher, text, settings.voxel_size, (width, height))
-    record.add(world_seed=plan.world_seed, seed=None, arm=FUSION_ARM, setting="zero_shot", miou=confusion.miou(),
-               ablation=False)
+    return fusion_zeroshot_segmentation(processed, "val", teacher, text, settings.voxel_size, (width, height)).miou()
 
 
 def _scalars(metrics: dict) -> dict:
