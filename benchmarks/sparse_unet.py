@@ -1,13 +1,18 @@
-"""Forward and forward+backward time and peak memory of the students on a ScanNet-sized scene, for the
-torch backend and (where installed) MinkowskiEngine, measured in one run; prints a table with the
-ratio torch / MinkowskiEngine.
+"""Forward and forward+backward time and peak memory of the students on a ScanNet-sized scene, for each
+sparse backend measured in one run; prints a table with each row's ratios to MinkowskiEngine and to
+spconv (this row's figure / the reference backend's figure for the same model, in the same run).
 
-Each (model, backend) runs in its own subprocess so that the CPU peak resident memory of one does not
-hide another's. The scene is a room of walls, floor and boxes voxelized at 2 cm to about
-`--voxels` occupied voxels per batch item (ScanNet scenes have about 150k at 2 cm).
+Backends (`--backends`): torch, minkowski (where installed), spconv (CUDA only: its CPU build has no
+backward), auto (what `backend="auto"` picks on the device; the row says which). Default: torch and
+minkowski on CPU; torch, spconv and minkowski on CUDA. Each (model, backend) runs in its own subprocess
+so that the peak memory of one does not hide another's (CPU: peak resident memory over what the
+process held before the first forward; CUDA: torch.cuda.max_memory_allocated). The scene is a room of
+walls, floor and boxes voxelized at 2 cm to about `--voxels` occupied voxels per batch item (ScanNet
+scenes have about 150k at 2 cm).
 
-    python benchmarks/sparse_unet.py                       # CPU, both backends, batch 2, 150k voxels
-    python benchmarks/sparse_unet.py --device cuda         # on a GPU machine
+    python benchmarks/sparse_unet.py                # CPU: torch and MinkowskiEngine, batch 2, 150k voxels
+    python benchmarks/sparse_unet.py --device cuda  # GPU: torch, spconv, MinkowskiEngine if installed
+    python benchmarks/sparse_unet.py --device cuda --backends torch spconv auto --models MinkUNet34C
     python benchmarks/sparse_unet.py --voxels 40000 --repeats 1   # quick look
 """
 
@@ -28,6 +33,9 @@ from scene_kd.models.students import STUDENTS
 from scene_kd.sparse.fixtures import room_voxels
 
 MODELS = ("Res16UNet34C", "MinkUNet18A")
+BACKEND_CHOICES = ("torch", "minkowski", "spconv", "auto")
+REFERENCES = (("minkowski", "ME"), ("spconv", "spconv"))  # ratio columns: (backend, column label)
+RATIO_KEYS = ("forward_s", "forward_backward_s", "peak_mb")
 
 
 def synchronize(device: str) -> None:
@@ -40,6 +48,7 @@ def measure(model_name: str, backend_name: str, device: str, voxels: int, batch:
     """Run in a worker process: median forward and forward+backward seconds, peak memory."""
     from scene_kd.models import build_student
     from scene_kd.sparse import batched_coordinates, get_backend
+    from scene_kd.sparse.spconv_backend import SpconvTensor
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -51,6 +60,10 @@ def measure(model_name: str, backend_name: str, device: str, voxels: int, batch:
         coords, feats = coords.to(device), feats.to(device)
         torch.cuda.reset_peak_memory_stats()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    runs_on = backend_name  # for "auto": what it picks on this device
+    if backend_name == "auto":
+        on_spconv = isinstance(backend.sparse_tensor(feats[:1], coords[:1]), SpconvTensor)
+        runs_on = "spconv" if on_spconv else "torch"
 
     def forward():
         return net(backend.sparse_tensor(feats, coords))
@@ -75,7 +88,7 @@ def measure(model_name: str, backend_name: str, device: str, voxels: int, batch:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
-    return {"model": model_name, "backend": backend_name, "voxels": int(coords.shape[0]),
+    return {"model": model_name, "backend": backend_name, "runs_on": runs_on, "voxels": int(coords.shape[0]),
             "forward_s": sorted(fwd)[len(fwd) // 2], "forward_backward_s": sorted(fwd_bwd)[len(fwd_bwd) // 2],
             "peak_mb": peak_mb}
 
@@ -91,6 +104,53 @@ def run_worker(args, model_name: str, backend_name: str) -> dict | None:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def choose_backends(args) -> list[str]:
+    """The backends asked for (default: by device) that can run here; says why any is left out."""
+    from scene_kd.sparse import minkowski_available
+    from scene_kd.sparse.spconv_backend import spconv_available, spconv_cuda_available
+
+    cuda = args.device.startswith("cuda")
+    wanted = args.backends or (["torch", "spconv", "minkowski"] if cuda else ["torch", "minkowski"])
+    backends = []
+    for name in wanted:
+        if name == "minkowski" and not minkowski_available():
+            print("MinkowskiEngine is not installed: no minkowski row "
+                  "(bash tools/install_minkowski_engine.sh)")
+        elif name == "spconv" and not cuda:
+            print("spconv is measured on CUDA only: its CPU build has no backward (docs/sparse_backends.md)")
+        elif name == "spconv" and not spconv_cuda_available():
+            why = "is not installed" if not spconv_available() else "has no CUDA kernels here (a CPU build?)"
+            print(f"spconv {why}: no spconv row (pip install spconv-cu126)")
+        else:
+            backends.append(name)
+    return backends
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's `ratios[reference]` = this row's figure / the reference backend's, same model."""
+    for row in rows:
+        row["ratios"] = {}
+        for reference, _ in REFERENCES:
+            ref = next((r for r in rows if r["model"] == row["model"] and r["backend"] == reference), None)
+            row["ratios"][reference] = None if ref is None else {
+                key: row[key] / ref[key] if ref[key] > 0 else None for key in RATIO_KEYS}
+
+
+def print_table(rows: list[dict]) -> None:
+    labels = [f"{what} / {label}" for _, label in REFERENCES for what in ("fwd", "fwd+bwd", "memory")]
+    header = "| model | backend | voxels | forward s | fwd+bwd s | peak MB | " + " | ".join(labels) + " |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for row in rows:
+        cells = []
+        for reference, _ in REFERENCES:
+            ratios = row["ratios"][reference] or {}
+            cells += ["-" if ratios.get(key) is None else f"{ratios[key]:.2f}" for key in RATIO_KEYS]
+        backend = row["backend"] if row["backend"] != "auto" else f"auto ({row['runs_on']})"
+        print(f"| {row['model']} | {backend} | {row['voxels']} | {row['forward_s']:.2f} | "
+              f"{row['forward_backward_s']:.2f} | {row['peak_mb']:.0f} | {' | '.join(cells)} |")
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -100,9 +160,10 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(STUDENTS), metavar="MODEL",
                         help=f"students (default {' '.join(MODELS)})")
-    parser.add_argument("--backends", nargs="+", default=["torch", "minkowski"], choices=["torch", "minkowski"],
-                        help="torch and/or minkowski")
-    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--backends", nargs="+", choices=BACKEND_CHOICES,
+                        help="torch, minkowski, spconv and/or auto (default: torch minkowski on CPU; "
+                             "torch spconv minkowski on CUDA)")
+    parser.add_argument("--json", help="also write the rows (with their ratios) to this JSON file")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "BACKEND"), help=argparse.SUPPRESS)
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -113,12 +174,7 @@ def run(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(*args.worker, args.device, args.voxels, args.batch, args.repeats, args.threads)))
         return 0
 
-    from scene_kd.sparse import minkowski_available
-
-    backends = [b for b in args.backends if b != "minkowski" or minkowski_available()]
-    if "minkowski" in args.backends and "minkowski" not in backends:
-        print("MinkowskiEngine is not installed: measuring the torch backend alone "
-              "(bash tools/install_minkowski_engine.sh)")
+    backends = choose_backends(args)
     print(f"device={args.device} threads={args.threads} batch={args.batch} voxels/scene~{args.voxels} "
           f"repeats={args.repeats} torch={torch.__version__}")
     rows = []
@@ -129,21 +185,12 @@ def run(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"  measured {model_name:13s} {backend_name:9s} fwd {row['forward_s']:.2f}s "
                       f"fwd+bwd {row['forward_backward_s']:.2f}s peak {row['peak_mb']:.0f} MB", flush=True)
-
-    header = ("| model | backend | voxels | forward s | fwd+bwd s | peak MB | fwd ratio torch/ME | "
-              "fwd+bwd ratio torch/ME | memory ratio torch/ME |")
+    add_ratios(rows)
     print()
-    print(header)
-    print("|---" * (header.count("|") - 1) + "|")
-    for row in rows:
-        ref = next((r for r in rows if r["model"] == row["model"] and r["backend"] == "minkowski"), None)
-        ratios = [f"{row[key] / ref[key]:.2f}" if ref and ref[key] > 0 else "-"
-                  for key in ("forward_s", "forward_backward_s", "peak_mb")]
-        print(f"| {row['model']} | {row['backend']} | {row['voxels']} | {row['forward_s']:.2f} | "
-              f"{row['forward_backward_s']:.2f} | {row['peak_mb']:.0f} | {' | '.join(ratios)} |")
+    print_table(rows)
     if args.json:
         write_text_atomic(args.json, json.dumps(rows, indent=2))
-    return 0
+    return 0 if len(rows) == len(args.models) * len(backends) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,15 @@
-"""The allowed range of every numeric config key, checked when a config is loaded, so that a bad value
-is refused up front with its key named (`train.max_steps must be >= 1, got 0`) instead of failing
-later, or silently, inside the run. Keys a schema does not have are skipped."""
+"""The allowed range of every numeric config key and the allowed values of the named choices, checked
+when a config is loaded, so that a bad value is refused up front with its key named (`train.max_steps
+must be >= 1, got 0`, `data.color_norm must be one of ['symmetric', 'unit'], got 'rgb01'`) instead of
+failing later, or silently, inside the run. Keys a schema does not have are skipped."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from typing import Any
+
+from scene_kd.data.scenes import COLOR_NORMS, FEATURE_CHANNELS
 
 Check = tuple[Callable[[Any], bool], str]
 
@@ -82,6 +85,13 @@ RANGES: dict[str, Check] = {
 }
 
 
+# String keys that take one of a few names (their single source is the module that interprets them).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.in_features": tuple(FEATURE_CHANNELS),
+    "data.color_norm": tuple(COLOR_NORMS),
+}
+
+
 def _lookup(cfg: Any, key: str) -> tuple[bool, Any]:
     node = cfg
     for part in key.split("."):
@@ -101,6 +111,28 @@ def range_errors(cfg: Any) -> list[str]:
         values = list(value) if hasattr(value, "__iter__") and not isinstance(value, str) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values) or not _safe(ok, value):
             errors.append(f"{key} must be {wanted}, got {value}")
+    for key, allowed in CHOICES.items():
+        present, value = _lookup(cfg, key)
+        if present and value not in allowed:
+            errors.append(f"{key} must be one of {list(allowed)}, got {value!r}")
+    return errors + consistency_errors(cfg)
+
+
+def consistency_errors(cfg: Any) -> list[str]:
+    """Keys that must agree with each other (pretraining): the student's input channels with the input
+    features it is fed, and normals only where the dataset has them (scene mode)."""
+    has_features, in_features = _lookup(cfg, "data.in_features")
+    has_channels, in_channels = _lookup(cfg, "student.in_channels")
+    if not (has_features and has_channels) or in_features not in FEATURE_CHANNELS:
+        return []
+    errors = []
+    if in_channels != FEATURE_CHANNELS[in_features]:
+        errors.append(f"student.in_channels must be {FEATURE_CHANNELS[in_features]} for data.in_features="
+                      f"{in_features}, got {in_channels}")
+    has_mode, mode = _lookup(cfg, "data.mode")
+    if has_mode and mode == "frame" and in_features != "rgb":
+        errors.append(f"data.in_features={in_features} needs data.mode=scene (a frame's back-projected depth "
+                      "has no mesh normals)")
     return errors
 
 

@@ -446,3 +446,15 @@ def test_two_process_gloo_ddp_ppkt_plus_concept(processed, tmp_path):
     assert {k.split(".")[0] for k in state["model"]} == {"student", "head2d", "head3d", "concept"}
     assert "concept_head" in state and state["config"]["loss"]["objective"] == "ppkt+concept"
     assert len(read_metrics(out)) == 1
+
+
+def test_one_set_per_batch_is_announced_as_a_global_term_of_zero(processed, tiny_clip, tmp_path, capsys):
+    from scene_kd.distill.pretrain import pretraining_task
+
+    for batch_size, announced in ((1, True), (2, False)):
+        cfg = load_config(PretrainConfig, None, small_run(processed, tmp_path, "loss.objective=ppkt+concept",
+                                                          f"data.batch_size={batch_size}"))
+        pretraining_task(cfg, torch.device("cpu"))
+        assert ("loss_global contrasts each point set" in capsys.readouterr().out) == announced
+    points, images = torch.nn.functional.normalize(torch.randn(1, 8), dim=1), torch.randn(1, 8)
+    assert global_infonce(points, torch.nn.functional.normalize(images, dim=1), 0.07).item() == 0.0

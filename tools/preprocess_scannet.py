@@ -6,7 +6,9 @@ Resumable (finished scenes are skipped) and safe to kill, even with kill -9 (the
 die with it); exits with status 1 if any scene failed, after printing each failure's reason.
 Refuses to start (status 1, one line) when another run holds the lock of --out, or when a scene
 in --out was processed with other settings (--frame-skip, --image-size, --jpeg-quality,
---depth-png, label tsv): use another --out or delete those scenes. See docs/data_format.md.
+--depth-png, label tsv): use another --out or delete those scenes. --pointcept-layout also links
+the scenes into Pointcept's <out>/{train,val,test}/<scene> layout (by the split files), so that
+Pointcept's ScanNet configs read --out unchanged. See docs/data_format.md.
 """
 
 from __future__ import annotations
@@ -98,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--label-tsv", help="raw-category tsv (default: <scannet-root>/scannetv2-labels.combined.tsv)"
     )
+    parser.add_argument(
+        "--pointcept-layout", action="store_true",
+        help="also link each scene into <out>/{train,val,test}/<scene> (relative symbolic links, by the "
+        "split files; copies where links are impossible): Pointcept's ScanNet data_root layout",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--summary-json", help="also write the per-scene outcomes to this JSON file")
     add_debug_flag(parser)
@@ -118,6 +125,7 @@ def run(argv: list[str] | None = None) -> int:
         label_tsv=args.label_tsv,
         jpeg_quality=args.jpeg_quality,
         depth_png=args.depth_png,
+        pointcept_layout=args.pointcept_layout,
         progress=not args.no_progress,
     )
     print(format_summary(summary))

@@ -23,6 +23,8 @@ import torch
 from scene_kd.data.augment import coerce_augmentation
 from scene_kd.data.geometry import transform_points
 from scene_kd.data.scenes import (
+    DEFAULT_COLOR_NORM,
+    check_color_norm,
     feature_channels,
     feature_fields,
     input_features,
@@ -116,7 +118,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     (every processed scene). scene_subset: a scene-list file (or list) restricting the split, e.g.
     `subsets/scenes_1pct.txt`. voxel_size: metres. augment: True (`DetAugmentation()`), False /
     None, a `DetAugmentation` or a mapping of its keyword arguments. in_features: "rgb" or
-    "rgb+normal". seed: with the epoch (`set_epoch`) and the index, fixes every random choice.
+    "rgb+normal". color_norm: "symmetric" (rgb / 127.5 - 1) or "unit" (rgb / 255, Pointcept's).
+    seed: with the epoch (`set_epoch`) and the index, fixes every random choice.
     min_box_points: instances with fewer points get no box (VoteNet: 1).
 
     Each scene is moved into the aligned frame (`axis_align.npy`), then centred (x, y about the
@@ -124,8 +127,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     rule) undergo the same map. Voxelization is `sparse_quantize` (one point per voxel, the lowest
     index): the voxel with coordinates c covers [c, c + 1) x voxel_size.
 
-    A sample is a dict: coords int32 [V, 3]; feats float32 [V, C] (rgb / 127.5 - 1, then unit
-    normals); boxes float32 [G, 6] in the sample's frame (metres); labels int64 [G] (0..17);
+    A sample is a dict: coords int32 [V, 3]; feats float32 [V, C] (colours normalized by
+    color_norm, then unit normals); boxes float32 [G, 6] in the sample's frame (metres); labels int64 [G] (0..17);
     to_aligned float64 [4, 4] mapping the sample's frame back to the aligned frame; scene_id str.
     """
 
@@ -138,10 +141,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         augment: bool | DetAugmentation | Mapping | None = True,
         scene_subset: str | os.PathLike | Sequence[str] | None = None,
         in_features: str = "rgb",
+        color_norm: str = DEFAULT_COLOR_NORM,
         seed: int = 0,
         min_box_points: int = 1,
     ):
         feature_channels(in_features)
+        self.color_norm = check_color_norm(color_norm)
         if not voxel_size > 0:
             raise ValueError(f"voxel_size must be positive, got {voxel_size}")
         self.root = Path(root)
@@ -199,7 +204,7 @@ class DetectionDataset(torch.utils.data.Dataset):
                 normals = transform_normals(normals, transform[:3, :3])
         points = transform_points(points, transform)
         coords, unique_map, _ = (t.numpy() for t in sparse_quantize(points, self.voxel_size))
-        feats = input_features(colors[unique_map], None if normals is None else normals[unique_map])
+        feats = input_features(colors[unique_map], None if normals is None else normals[unique_map], self.color_norm)
         return {
             "coords": torch.from_numpy(np.ascontiguousarray(coords, dtype=np.int32)),
             "feats": torch.from_numpy(feats),

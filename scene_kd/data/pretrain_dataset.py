@@ -19,7 +19,17 @@ from scene_kd.data.correspondence import (
     scene_pairs,
 )
 from scene_kd.data.geometry import transform_points
-from scene_kd.data.scenes import input_features, load_scene, read_manifest, resolve_scene_ids
+from scene_kd.data.scenes import (
+    DEFAULT_COLOR_NORM,
+    check_color_norm,
+    feature_channels,
+    feature_fields,
+    input_features,
+    load_scene,
+    read_manifest,
+    resolve_scene_ids,
+)
+from scene_kd.data.seg_augment import transform_normals
 from scene_kd.scannet.exported import ExportedFrameSource
 from scene_kd.sparse.quantize import sparse_quantize
 
@@ -56,11 +66,13 @@ class PretrainDataset(torch.utils.data.Dataset):
     (None: the stored color size). augment: True (`Augmentation()` defaults), False / None (no
     augmentation: the stored image is resized to image_size), an `Augmentation`, or a mapping of
     its keyword arguments. min_pairs: frames with fewer pairs are skipped. depth_tolerance: the
-    scene-mode depth test in metres. seed: with the epoch (`set_epoch`) and the index, fixes every
+    scene-mode depth test in metres. in_features: "rgb" (3 channels) or "rgb+normal" (6, scene mode
+    only: a frame's back-projected depth has no mesh normals). color_norm: "symmetric" (rgb / 127.5
+    - 1) or "unit" (rgb / 255, Pointcept's), see `input_features`. seed: with the epoch (`set_epoch`) and the index, fixes every
     random choice of a sample, whatever the DataLoader workers.
 
-    A sample is a dict: coords int32 [V, 3]; feats float32 [V, 3] (colors in [-1, 1] of the kept
-    point of each voxel); images float32 [F, 3, H, W] in [0, 1]; pairs int64 [M, 4] (voxel, image
+    A sample is a dict: coords int32 [V, 3]; feats float32 [V, C] (the colours of the kept point of
+    each voxel normalized by color_norm, then its unit normal, rotated with the points); images float32 [F, 3, H, W] in [0, 1]; pairs int64 [M, 4] (voxel, image
     index in this sample, row, col); counts (Counter of skipped / used frames); meta (scene_id,
     frame_ids of the images, index, errors: messages of unreadable frames, point_transform: the
     [4, 4] 3D augmentation or None, image_transforms: the `ImageTransform` of each image). A sample whose frames
@@ -81,10 +93,16 @@ class PretrainDataset(torch.utils.data.Dataset):
         augment: bool | Augmentation | Mapping | None = True,
         min_pairs: int = 100,
         depth_tolerance: float = 0.05,
+        in_features: str = "rgb",
+        color_norm: str = DEFAULT_COLOR_NORM,
         seed: int = 0,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.in_channels = feature_channels(in_features)
+        if mode == "frame" and in_features != "rgb":
+            raise ValueError(f"data.in_features={in_features} needs data.mode=scene: in frame mode the points are "
+                             "a frame's back-projected depth, which has no mesh normals")
         if mode == "frame" and frames_per_sample != 1:
             raise ValueError(f"frame mode takes one frame per sample, got frames_per_sample={frames_per_sample}")
         if frames_per_sample < 1 or not voxel_size > 0 or not depth_tolerance > 0 or min_pairs < 0:
@@ -98,6 +116,8 @@ class PretrainDataset(torch.utils.data.Dataset):
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: processed dataset directory not found")
         self.mode = mode
+        self.in_features = in_features
+        self.color_norm = check_color_norm(color_norm)
         self.voxel_size = float(voxel_size)
         self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         self.frames_per_sample = int(frames_per_sample)
@@ -155,7 +175,7 @@ class PretrainDataset(torch.utils.data.Dataset):
             meta["errors"].append(f"{scene_id} frame {frame_id}: {e}")
             return {
                 "coords": torch.zeros(0, 3, dtype=torch.int32),
-                "feats": torch.zeros(0, 3),
+                "feats": torch.zeros(0, self.in_channels),
                 "images": self._empty_images(None),
                 "pairs": torch.zeros(0, 4, dtype=torch.int64),
                 "counts": Counter({SKIP_UNREADABLE: 1}),
@@ -180,7 +200,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         images = [image_transform.apply_image(frame.color)] if used else []
         return {
             "coords": torch.from_numpy(result.coords),
-            "feats": torch.from_numpy(input_features(result.colors)),
+            "feats": torch.from_numpy(input_features(result.colors, color_norm=self.color_norm)),
             "images": _to_image_tensor(images, image_transform.out_size),
             "pairs": torch.from_numpy(result.pairs),
             "counts": result.counts,
@@ -192,10 +212,12 @@ class PretrainDataset(torch.utils.data.Dataset):
         scene_dir = self.root / scene_id
         rng = self._rng(index)
         meta = _new_meta(scene_id, index)
-        arrays = load_scene(self.root, scene_id, ("coord", "color"))
-        points, colors = arrays["coord"].astype(np.float64), arrays["color"]
+        arrays = load_scene(self.root, scene_id, ("coord", *feature_fields(self.in_features)))
+        points, colors, normals = arrays["coord"].astype(np.float64), arrays["color"], arrays.get("normal")
         point_transform = None if self.augment is None else self.augment.point_transform(rng)
         moved = points if point_transform is None else transform_points(points, point_transform)
+        if normals is not None and point_transform is not None:
+            normals = transform_normals(normals, point_transform[:3, :3])
         coords, unique_map, inverse_map = (t.numpy() for t in sparse_quantize(moved, self.voxel_size))
         ids = self.frame_ids[scene_index]
         chosen = sorted(rng.choice(ids, size=min(self.frames_per_sample, len(ids)), replace=False).tolist())
@@ -234,7 +256,8 @@ class PretrainDataset(torch.utils.data.Dataset):
         out_size = transforms[0].out_size if transforms else None
         return {
             "coords": torch.from_numpy(coords.astype(np.int32)),
-            "feats": torch.from_numpy(input_features(colors[unique_map])),
+            "feats": torch.from_numpy(input_features(colors[unique_map], None if normals is None else normals[unique_map],
+                                                     self.color_norm)),
             "images": _to_image_tensor(images, out_size) if out_size else self._empty_images(None),
             "pairs": torch.from_numpy(pairs),
             "counts": counts,

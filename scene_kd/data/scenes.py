@@ -3,14 +3,16 @@ the data-efficient subset files, the per-scene arrays, and the input-feature spe
 (`pretrain_dataset`, `seg_dataset`, `det_dataset`) are siblings on top of it.
 
 A processed root is flat: `<root>/<scene_id>/` per scene (with a `manifest.json` once complete),
-`<root>/splits/{train,val,test}.txt` and, once drawn, `<root>/subsets/`.
+`<root>/splits/{train,val,test}.txt` and, once drawn, `<root>/subsets/`. With `--pointcept-layout`
+it also holds `<root>/{train,val,test}/<scene_id>` links for Pointcept; they have no manifest.json of
+their own, so every reader here ignores them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,13 @@ SCENE_FIELDS: dict[str, tuple[bool, tuple[int | None, ...]]] = {
 }
 # Channels of the student's input features per `data.in_features` value.
 FEATURE_CHANNELS = {"rgb": 3, "rgb+normal": 6}
+# How colours in [0, 255] become input features, per `data.color_norm` value (`normalize_colors`).
+COLOR_NORMS = {
+    "symmetric": "rgb / 127.5 - 1, in [-1, 1] (scene_kd's default, OpenScene)",
+    "unit": "rgb / 255, in [0, 1] (Pointcept's NormalizeColor)",
+}
+DEFAULT_IN_FEATURES = "rgb"
+DEFAULT_COLOR_NORM = "symmetric"
 
 
 def read_manifest(scene_dir: str | os.PathLike) -> dict:
@@ -170,27 +179,87 @@ def feature_fields(in_features: str) -> tuple[str, ...]:
     return ("color", "normal") if in_features == "rgb+normal" else ("color",)
 
 
-def input_features(colors: np.ndarray, normals: np.ndarray | None = None) -> np.ndarray:
-    """The student's input features float32 [V, 3] or [V, 6]: colors [V, 3] in [0, 255] as
-    `rgb / 127.5 - 1` (in [-1, 1], as OpenScene), then the unit normals [V, 3] when given."""
-    feats = [np.asarray(colors).astype(np.float32) / 127.5 - 1.0]
+def check_color_norm(color_norm: str) -> str:
+    """`color_norm` when it is a key of `COLOR_NORMS`; any other value is a ValueError naming
+    `data.color_norm`."""
+    if color_norm not in COLOR_NORMS:
+        raise ValueError(f"data.color_norm must be one of {sorted(COLOR_NORMS)}, got {color_norm!r}")
+    return color_norm
+
+
+def normalize_colors(colors: np.ndarray, color_norm: str = DEFAULT_COLOR_NORM) -> np.ndarray:
+    """float32 [V, 3]: colors [V, 3] in [0, 255] as `color_norm` says: "symmetric" `rgb / 127.5 - 1`
+    (in [-1, 1]), "unit" `rgb / 255` (in [0, 1], Pointcept's NormalizeColor)."""
+    check_color_norm(color_norm)
+    colors = np.asarray(colors).astype(np.float32)
+    if color_norm == "unit":
+        return colors / 255.0  # float32, as Pointcept's `color.astype(np.float32) / 255`
+    return colors / 127.5 - 1.0
+
+
+def input_features(
+    colors: np.ndarray, normals: np.ndarray | None = None, color_norm: str = DEFAULT_COLOR_NORM
+) -> np.ndarray:
+    """The student's input features float32 [V, 3] or [V, 6]: colors [V, 3] in [0, 255] normalized
+    by `color_norm` (`normalize_colors`; default "symmetric", `rgb / 127.5 - 1` as OpenScene), then
+    the unit normals [V, 3] when given (Pointcept's `feat_keys=("color", "normal")` order)."""
+    feats = [normalize_colors(colors, color_norm)]
     if normals is not None:
         feats.append(np.asarray(normals).astype(np.float32))
     return np.concatenate(feats, axis=1).astype(np.float32, copy=False)
 
 
+def recorded_feature_settings(config: Mapping | None) -> dict[str, str]:
+    """{"in_features", "color_norm"} that a checkpoint's saved `config` (its `data` section) records;
+    a key it lacks takes the value every run had before the key existed ("rgb", "symmetric")."""
+    data = config.get("data") if isinstance(config, Mapping) else None
+    data = data if isinstance(data, Mapping) else {}
+    return {"in_features": str(data.get("in_features", DEFAULT_IN_FEATURES)),
+            "color_norm": str(data.get("color_norm", DEFAULT_COLOR_NORM))}
+
+
+def check_checkpoint_features(
+    checkpoint: Mapping, path: str | os.PathLike, color_norm: str, in_features: str | None = None
+) -> None:
+    """Refuse to feed a network from the checkpoint at `path` (its loaded entries) with colours
+    normalized otherwise than it was trained with: a ValueError naming the checkpoint's
+    `data.color_norm` and this run's. in_features (when given) is checked likewise. A checkpoint
+    without a scene_kd `config` entry (MinkowskiEngine's, Pointcept's) records nothing and passes."""
+    config = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(config, Mapping):
+        return
+    recorded = recorded_feature_settings(config)
+    wanted = {"color_norm": check_color_norm(color_norm)}
+    if in_features is not None:
+        feature_channels(in_features)
+        wanted["in_features"] = in_features
+    for key, value in wanted.items():
+        if recorded[key] != value:
+            raise ValueError(
+                f"{path}: trained with data.{key}={recorded[key]} (its config), but this run has "
+                f"data.{key}={value}; set data.{key}={recorded[key]} to feed the inputs it was trained on"
+            )
+
+
 __all__ = [
+    "COLOR_NORMS",
+    "DEFAULT_COLOR_NORM",
+    "DEFAULT_IN_FEATURES",
     "FEATURE_CHANNELS",
     "MANIFEST_NAME",
     "SCENE_FIELDS",
     "SPLIT_NAMES",
+    "check_checkpoint_features",
+    "check_color_norm",
     "feature_channels",
     "feature_fields",
     "input_features",
     "load_scene",
+    "normalize_colors",
     "read_manifest",
     "read_point_subset",
     "read_scene_subset",
+    "recorded_feature_settings",
     "resolve_scene_ids",
     "select_scene_subset",
 ]

@@ -12,6 +12,8 @@ import torch
 
 from scene_kd.data.augment import coerce_augmentation
 from scene_kd.data.scenes import (
+    DEFAULT_COLOR_NORM,
+    check_color_norm,
     feature_channels,
     feature_fields,
     input_features,
@@ -45,7 +47,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     must be listed. voxel_size: metres. augment: True (`SegAugmentation()`), False / None, a
     `SegAugmentation` or a mapping of its keyword arguments. max_voxels: a sample with more voxels
     keeps the `max_voxels` nearest a random voxel (None: no cap). in_features: "rgb" (3 channels)
-    or "rgb+normal" (6). seed: with the epoch (`set_epoch`) and the index, fixes every random choice
+    or "rgb+normal" (6). color_norm: "symmetric" (rgb / 127.5 - 1) or "unit" (rgb / 255,
+    Pointcept's), see `input_features`. seed: with the epoch (`set_epoch`) and the index, fixes every random choice
     of a sample, whatever the DataLoader workers. For validation pass augment=False,
     max_voxels=None: every point then has a voxel.
 
@@ -53,8 +56,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     augmentation, so rotations are about its centre. Voxelization is `sparse_quantize` (one point
     per voxel, the lowest index, unless labelled_points prefers a labelled one).
 
-    A sample is a dict: coords int32 [V, 3]; feats float32 [V, C] (rgb / 127.5 - 1 of the kept
-    point, then its unit normal, rotated with the points); labels int64 [V] (the kept point's label,
+    A sample is a dict: coords int32 [V, 3]; feats float32 [V, C] (the kept point's colour
+    normalized by color_norm, then its unit normal, rotated with the points); labels int64 [V] (the kept point's label,
     -1 ignore); inverse_map int64 [P] (each point's row of coords, -1 for points cropped away);
     point_labels int64 [P] (the scene's segment20, all labels, for evaluation); scene_id str.
     """
@@ -70,9 +73,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         labelled_points: str | os.PathLike | None = None,
         scene_subset: str | os.PathLike | Sequence[str] | None = None,
         in_features: str = "rgb",
+        color_norm: str = DEFAULT_COLOR_NORM,
         seed: int = 0,
     ):
         feature_channels(in_features)
+        self.color_norm = check_color_norm(color_norm)
         if not voxel_size > 0:
             raise ValueError(f"voxel_size must be positive, got {voxel_size}")
         if max_voxels is not None and max_voxels < 1:
@@ -163,7 +168,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             new_row = np.full(len(coords), -1, dtype=np.int64)
             new_row[keep] = np.arange(len(keep))
             coords, unique_map, inverse_map = coords[keep], unique_map[keep], new_row[inverse_map]
-        feats = input_features(np.asarray(colors)[unique_map], None if normals is None else normals[unique_map])
+        feats = input_features(np.asarray(colors)[unique_map], None if normals is None else normals[unique_map],
+                               self.color_norm)
         return {
             "coords": torch.from_numpy(np.ascontiguousarray(coords, dtype=np.int32)),
             "feats": torch.from_numpy(feats),

@@ -25,7 +25,8 @@ def build_pretrain_dataset(cfg: DictConfig) -> PretrainDataset:
     split = OmegaConf.to_container(d.split) if OmegaConf.is_config(d.split) else d.split
     return PretrainDataset(d.root, split, mode=d.mode, voxel_size=d.voxel_size, image_size=tuple(d.image_size),
                            frames_per_sample=d.frames_per_sample, augment=augment, min_pairs=d.min_pairs,
-                           depth_tolerance=d.depth_tolerance, seed=cfg.train.seed)
+                           depth_tolerance=d.depth_tolerance, in_features=d.in_features, color_norm=d.color_norm,
+                           seed=cfg.train.seed)
 
 
 def build_student_and_teacher(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module, SparseBackend]:
@@ -93,6 +94,9 @@ def pretraining_task(cfg: DictConfig, device: torch.device) -> Task:
     dataset = build_pretrain_dataset(cfg)
     trainable, teacher = build_objective(cfg, device)
     objective_class = PPKTObjective if cfg.loss.objective == "ppkt" else ConceptObjective
+    if cfg.loss.objective != "ppkt" and cfg.loss.global_weight > 0 and cfg.data.batch_size == 1:
+        print("note: data.batch_size is 1: loss_global contrasts each point set with the images of the other "
+              "sets of its batch, so with one set per batch it is 0 and trains nothing; use data.batch_size >= 2")
 
     def checkpoint_extra() -> dict:
         extra = {"student_name": cfg.student.name, "student": trainable.student.state_dict(), "config": as_dict(cfg)}

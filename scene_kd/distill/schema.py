@@ -19,6 +19,8 @@ class PretrainDataConfig:
     augment: Any = True  # true | false | a mapping of scene_kd.data.augment.Augmentation arguments
     min_pairs: int = 100  # frames with fewer pixel-point pairs are skipped (and counted)
     depth_tolerance: float = 0.05  # scene mode depth test, metres
+    in_features: str = "rgb"  # rgb | rgb+normal (scene mode only); student.in_channels must match (3 | 6)
+    color_norm: str = "symmetric"  # symmetric (rgb / 127.5 - 1) | unit (rgb / 255, Pointcept's NormalizeColor)
     batch_size: int = 8  # samples (frames in frame mode) per batch per process
     num_workers: int = 2
 

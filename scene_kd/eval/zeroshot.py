@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
+from scene_kd.data.scenes import recorded_feature_settings
 from scene_kd.data.seg_dataset import SegmentationDataset
 from scene_kd.engine.checkpoint import load_checkpoint
 from scene_kd.engine.checkpoint_checks import check_checkpoint
@@ -143,8 +144,9 @@ def zeroshot_segmentation(
     model = ZeroShotSegmenter(student, head, text).to(run_device)
     backend = get_backend(cfg.get("student", {}).get("backend", "torch"))
     voxel_size = float(voxel_size or _checkpoint_voxel_size(checkpoint, cfg))
+    features = recorded_feature_settings(cfg)  # what the checkpoint's student was fed
     dataset = SegmentationDataset(data_root, split, voxel_size=voxel_size, augment=False, max_voxels=None,
-                                  in_features="rgb")
+                                  in_features=features["in_features"], color_norm=features["color_norm"])
     if len(dataset) == 0:
         raise ValueError(f"{data_root}: split {split!r} holds no scene")
     confusion = evaluate_segmentation(model, backend, dataset, run_device, chunk_voxels, chunk_margin,

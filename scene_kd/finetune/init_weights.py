@@ -1,4 +1,5 @@
-"""Initialise a network from a pretraining, segmentation or MinkowskiEngine checkpoint (`model.init`)."""
+"""Initialise a network from a pretraining, segmentation, MinkowskiEngine or Pointcept SpUNet checkpoint
+(`model.init`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from scene_kd.data.scenes import check_checkpoint_features
 from scene_kd.engine.checkpoint import load_checkpoint
 from scene_kd.engine.checkpoint_checks import check_checkpoint, checkpoint_kind, describe_checkpoint
+from scene_kd.interop.pointcept import from_pointcept, pointcept_backbone_state
 
 HEAD_PREFIX = "final."
 _WRAPPER_PREFIXES = ("module.", "student.", "backbone.", "model.")
@@ -82,15 +85,46 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], stri
     return report
 
 
-def load_student_checkpoint(path: str | os.PathLike, student: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+POINTCEPT_STUDENT = "SpUNet-v1m1"  # the student whose weights a Pointcept SpUNet checkpoint holds
+
+
+def pointcept_student_state(path: str | os.PathLike, checkpoint: dict,
+                            student: str | None = None) -> tuple[dict[str, torch.Tensor], str] | None:
+    """(the SpUNet-v1m1 weights in scene_kd's layout, a name for messages) of a Pointcept checkpoint
+    (`state_dict` wrapper or bare; `module.` and `backbone.` prefixes; tensors outside `backbone.` left
+    out), or None when `checkpoint` is not one. A student other than SpUNet-v1m1 is a ValueError."""
+    found = pointcept_backbone_state(checkpoint)
+    if found is None:
+        return None
+    state, left_out = found
+    if student is not None and student != POINTCEPT_STUDENT:
+        raise ValueError(f"{path}: a Pointcept {POINTCEPT_STUDENT} checkpoint, but model.student is "
+                         f"{student}; set model.student={POINTCEPT_STUDENT} (MinkUNet and SpUNet are "
+                         "different networks, docs/pointcept.md)")
+    try:
+        converted = from_pointcept(state)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    dropped = f", {left_out} tensors outside its backbone left out" if left_out else ""
+    return converted, f"{path} (Pointcept {POINTCEPT_STUDENT}{dropped})"
+
+
+def load_student_checkpoint(path: str | os.PathLike, student: str | None = None,
+                            color_norm: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """(the student's weights, a name for error messages) of the checkpoint at `path`, to initialise a
-    network from (`model.init`): a pretraining or segmentation checkpoint of scene_kd, or one of
-    MinkowskiEngine. A detection checkpoint, or one of another student than `student` (when given),
-    is a ValueError naming the file, what it holds and what was expected."""
+    network from (`model.init`): a pretraining or segmentation checkpoint of scene_kd, one of
+    MinkowskiEngine, or a Pointcept SpUNet-v1m1 checkpoint (converted from spconv's layout). A
+    detection checkpoint, or one of another student than `student` (when given), is a ValueError
+    naming the file, what it holds and what was expected."""
     checkpoint = load_checkpoint(path)
     check_checkpoint(checkpoint, path, kinds=("pretraining", "segmentation", None), purpose="model.init",
                      advice="set model.student to the checkpoint's student, or use a checkpoint of model.student",
                      student_name=student)
+    if color_norm is not None:  # a checkpoint trained on other colour values: one line naming both settings
+        check_checkpoint_features(checkpoint, path, color_norm)
+    pointcept = pointcept_student_state(path, checkpoint, student)
+    if pointcept is not None:
+        return pointcept
     try:
         state = student_state_dict(checkpoint)
     except ValueError as err:
@@ -100,9 +134,9 @@ def load_student_checkpoint(path: str | os.PathLike, student: str | None = None)
 
 
 def init_from_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True,
-                         student: str | None = None) -> InitReport:
-    """Load `path` (pretraining, segmentation or MinkowskiEngine checkpoint) into `model`; see
-    `load_backbone_weights`. student: the model's student name (`model.student`), checked against the
-    checkpoint's before loading."""
-    state, source = load_student_checkpoint(path, student)
+                         student: str | None = None, color_norm: str | None = None) -> InitReport:
+    """Load `path` (pretraining, segmentation, MinkowskiEngine or Pointcept SpUNet checkpoint) into
+    `model`; see `load_backbone_weights`. student: the model's student name (`model.student`), checked
+    against the checkpoint's before loading."""
+    state, source = load_student_checkpoint(path, student, color_norm)
     return load_backbone_weights(model, state, strict=strict, source=source)

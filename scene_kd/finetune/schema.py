@@ -19,6 +19,7 @@ class SegDataConfig:
     scene_subset: Any = None  # limited scene reconstructions: a scene-id list file (tools/make_data_efficient_subsets.py)
     labelled_points: Any = None  # limited annotations: a points_N.json file; other points are unlabelled
     in_features: str = "rgb"  # rgb | rgb+normal
+    color_norm: str = "symmetric"  # symmetric (rgb / 127.5 - 1) | unit (rgb / 255, Pointcept's NormalizeColor)
     batch_size: int = 4  # scenes per batch per process
     num_workers: int = 2
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from scene_kd.config import as_dict, plain
-from scene_kd.data.scenes import feature_channels
+from scene_kd.data.scenes import check_checkpoint_features, feature_channels
 from scene_kd.data.seg_dataset import SegmentationDataset, collate_segmentation
 from scene_kd.engine import distributed as dist_utils
 from scene_kd.engine.checkpoint import load_checkpoint
@@ -38,9 +38,10 @@ def build_seg_datasets(cfg: DictConfig) -> tuple[SegmentationDataset, Segmentati
     d = cfg.data
     train_set = SegmentationDataset(d.root, plain(d.train_split), voxel_size=d.voxel_size, augment=plain(d.augment),
                                     max_voxels=d.max_voxels, labelled_points=d.labelled_points,
-                                    scene_subset=d.scene_subset, in_features=d.in_features, seed=cfg.train.seed)
+                                    scene_subset=d.scene_subset, in_features=d.in_features, color_norm=d.color_norm,
+                                    seed=cfg.train.seed)
     val_set = SegmentationDataset(d.root, plain(d.val_split), voxel_size=d.voxel_size, augment=False, max_voxels=None,
-                                  in_features=d.in_features, seed=cfg.train.seed)
+                                  in_features=d.in_features, color_norm=d.color_norm, seed=cfg.train.seed)
     return train_set, val_set
 
 
@@ -52,7 +53,7 @@ def build_seg_model(cfg: DictConfig) -> tuple[nn.Module, SparseBackend, str]:
     note = "random initialisation"
     if cfg.model.init:
         report = init_from_checkpoint(model, cfg.model.init, strict=cfg.model.init_strict,
-                                      student=cfg.model.student)
+                                      student=cfg.model.student, color_norm=cfg.data.color_norm)
         note = f"initialised from {cfg.model.init}: {report.summary()}"
     if cfg.model.freeze_backbone:
         for name, p in model.named_parameters():
@@ -145,6 +146,7 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: str | os.PathLike, out_dir:
     state = load_checkpoint(checkpoint)
     check_checkpoint(state, checkpoint, kinds=("segmentation", None), purpose="segmentation evaluation",
                      kind_advice=EVALUATION_ADVICE, student_name=cfg.model.student, num_classes=cfg.model.num_classes)
+    check_checkpoint_features(state, checkpoint, cfg.data.color_norm, cfg.data.in_features)
     load_weights(model, state["model"] if "model" in state else state, checkpoint,
                  f"a segmentation checkpoint of {cfg.model.student} with {cfg.model.num_classes} classes")
     confusion = evaluate_segmentation(model.to(device), backend, val_set, device, cfg.eval.chunk_voxels,

@@ -2,13 +2,17 @@
 
 MinkUNet widths are those of MinkowskiEngine's examples/minkunet.py (which defines 14A-D, 18A/B/D and
 34A-C; there is no 18C or 34D there); Res16UNet34C is the student of SpatioTemporalSegmentation,
-PointContrast and CSC (first kernel 3, batch-norm momentum 0.02 as in their configs).
+PointContrast and CSC (first kernel 3, batch-norm momentum 0.02 as in their configs). SpUNet-v1m1 is
+Pointcept's sparse U-Net with Pointcept's module names (`scene_kd/models/spunet.py`, docs/pointcept.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import nn
+
+from scene_kd.models.spunet import spunet_v1m1
 from scene_kd.models.unet import SparseUNet
 
 LAYERS_14 = (1, 1, 1, 1, 1, 1, 1, 1)
@@ -79,7 +83,7 @@ def res16unet34c(**kwargs) -> SparseUNet:
     return _res16unet(LAYERS_34, PLANES_34C, **kwargs)
 
 
-STUDENTS: dict[str, Callable[..., SparseUNet]] = {
+STUDENTS: dict[str, Callable[..., nn.Module]] = {
     "MinkUNet14A": minkunet14a,
     "MinkUNet14B": minkunet14b,
     "MinkUNet14C": minkunet14c,
@@ -91,12 +95,14 @@ STUDENTS: dict[str, Callable[..., SparseUNet]] = {
     "MinkUNet34B": minkunet34b,
     "MinkUNet34C": minkunet34c,
     "Res16UNet34C": res16unet34c,
+    "SpUNet-v1m1": spunet_v1m1,
 }
 
 
-def build_student(name: str, **kwargs) -> SparseUNet:
+def build_student(name: str, **kwargs) -> nn.Module:
     """The student called `name` (a key of STUDENTS), e.g. `build_student("MinkUNet18A", in_channels=3,
-    out_channels=20, backend="torch")`."""
+    out_channels=20, backend="torch")`: a `SparseUNet`, or for "SpUNet-v1m1" a `SpUNet`, with the same
+    interface (forward, decoder_features, decoder_channels, decoder_modules, feature_channels, final)."""
     if name not in STUDENTS:
         raise ValueError(f"unknown student {name!r}; choose one of {sorted(STUDENTS)}")
     return STUDENTS[name](**kwargs)

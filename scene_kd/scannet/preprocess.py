@@ -6,7 +6,9 @@ millimetre depth, poses, adjusted intrinsics), `preprocess_scene` (one scan, wri
 temporary directory and renamed into place when complete) and `preprocess_dataset` (many scans
 in parallel worker processes, resumable, one failing scan never stopping the others). Each
 scene's manifest records the settings it was made with (`manifest.py`); a run holds the output
-directory's lock (`out_lock.py`) and its workers die with it (`worker_lifetime.py`).
+directory's lock (`out_lock.py`) and its workers die with it (`worker_lifetime.py`). With
+`pointcept_layout`, the run also links the scenes into Pointcept's `<out>/{train,val,test}/` layout
+(`pointcept_layout.py`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from scene_kd.scannet.manifest import (
     setting_differences,
 )
 from scene_kd.scannet.out_lock import OutputLock, pid_alive
+from scene_kd.scannet.pointcept_layout import check_pointcept_layout, write_pointcept_layout
 from scene_kd.scannet.points import ScenePoints, load_scene_points
 from scene_kd.scannet.sens import SensFrameSource
 from scene_kd.scannet.splits import read_split
@@ -80,10 +83,12 @@ class SceneSummary:
 
 @dataclass
 class DatasetSummary:
-    """The outcomes of a `preprocess_dataset` run, sorted by scene id, and run-level warnings."""
+    """The outcomes of a `preprocess_dataset` run, sorted by scene id, run-level warnings and notes
+    (what was done besides the scenes, e.g. the Pointcept layout)."""
 
     scenes: list[SceneSummary] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         """How many scans ended with `status`."""
@@ -344,6 +349,7 @@ def preprocess_dataset(
     label_tsv: str | os.PathLike | None = None,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     depth_png: str = DEFAULT_DEPTH_PNG,
+    pointcept_layout: bool = False,
     progress: bool = True,
 ) -> DatasetSummary:
     """Process the selected scans (see `select_scenes`) into `<out_root>/<scene_id>/`.
@@ -355,7 +361,9 @@ def preprocess_dataset(
     reason, on bad input. The run holds `out_root`'s lock (`OutputLock`): a second run on the same
     output is an OSError. The label tsv defaults to `<scannet_root>/scannetv2-labels.combined.tsv`;
     without one, segment200 is all -1 (a warning says so). The split files found in the root are
-    copied to `<out_root>/splits/`. No scan selected at all is a ValueError.
+    copied to `<out_root>/splits/`. No scan selected at all is a ValueError. pointcept_layout: also
+    link the selected processed scenes into `<out_root>/{train,val,test}/` by those split files
+    (`write_pointcept_layout`; refused before any work when that would replace a path it did not make).
     """
     if frame_skip < 1 or workers < 1 or min(image_size) < 1 or not 1 <= jpeg_quality <= 100:
         raise ValueError(
@@ -393,8 +401,12 @@ def preprocess_dataset(
         settings = scene_settings(frame_skip, image_size, jpeg_quality, depth_png, seg200_map)
         done = {s for s in selected if (out_root / s).exists()}
         summary.scenes += _check_processed_scenes(out_root, sorted(done), settings)
+        if pointcept_layout:
+            check_pointcept_layout(out_root, selected)
         jobs = [_SceneJob(str(root), s, str(out_root), options) for s in selected if s not in done]
         summary.scenes += _run_jobs(jobs, workers, progress)
+        if pointcept_layout:
+            summary.notes += write_pointcept_layout(out_root, selected)
     summary.scenes.sort(key=lambda s: s.scene_id)
     return summary
 
@@ -480,6 +492,7 @@ def format_summary(summary: DatasetSummary) -> str:
     lines.append(
         f"scenes: {summary.count('done')} done, {summary.count('skipped')} skipped, {summary.count('failed')} failed"
     )
+    lines += [f"note: {note}" for note in summary.notes]
     scenes_of_note: dict[str, list[str]] = defaultdict(list)
     for scene in summary.scenes:
         for note in scene.notes:
@@ -493,4 +506,5 @@ def format_summary(summary: DatasetSummary) -> str:
 
 def summary_to_json(summary: DatasetSummary) -> str:
     """The summary as JSON (for logs of cluster array jobs)."""
-    return json.dumps({"scenes": [asdict(s) for s in summary.scenes], "warnings": summary.warnings}, indent=1)
+    return json.dumps({"scenes": [asdict(s) for s in summary.scenes], "warnings": summary.warnings,
+                       "notes": summary.notes}, indent=1)

@@ -127,7 +127,7 @@ class SparseDetector(nn.Module):
         self.head = DetectionHead([backbone.decoder_channels(s) for s in self.strides], self.strides,
                                   num_classes=num_classes, head_channels=head_channels)
         for name in self.unused_backbone_modules():
-            getattr(self.backbone, name).requires_grad_(False)
+            self.backbone.get_submodule(name).requires_grad_(False)
 
     def unused_backbone_modules(self) -> list[str]:
         """Backbone module names that produce decoder outputs finer than the finest level."""
@@ -151,13 +151,13 @@ def new_det_model(cfg: DictConfig) -> tuple[SparseDetector, SparseBackend]:
 
 
 def init_backbone(model: SparseDetector, path: str | os.PathLike, strict: bool = True,
-                  student: str | None = None) -> str:
+                  student: str | None = None, color_norm: str | None = None) -> str:
     """Load the student weights of a pretraining, segmentation or MinkowskiEngine checkpoint into
     `model.backbone` (a segmentation layer `final.*` in the checkpoint is left out); returns a one-line
     summary. strict: every backbone weight must be there, with its shape (`load_backbone_weights`).
     student: the backbone's student name, checked against the checkpoint's before loading (a
     detection checkpoint, or another student's, is a ValueError naming the file)."""
-    state, _ = load_student_checkpoint(path, student)
+    state, _ = load_student_checkpoint(path, student, color_norm)
     dropped = [k for k in state if k.startswith(HEAD_PREFIX)]
     state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
     report = load_backbone_weights(model.backbone, state, strict=strict, source=str(path))
@@ -177,7 +177,7 @@ def build_det_model(cfg: DictConfig) -> tuple[SparseDetector, SparseBackend, str
     model, backend = new_det_model(cfg)
     note = "random initialisation"
     if cfg.model.init:
-        summary = init_backbone(model, cfg.model.init, cfg.model.init_strict, cfg.model.student)
+        summary = init_backbone(model, cfg.model.init, cfg.model.init_strict, cfg.model.student, cfg.data.color_norm)
         note = f"initialised from {cfg.model.init}: {summary}"
     if cfg.model.freeze_backbone:
         model.backbone.requires_grad_(False)

@@ -29,10 +29,11 @@ def build_det_datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionData
     """(training set with augmentation and `data.scene_subset`, validation set without either)."""
     d = cfg.data
     train_set = DetectionDataset(d.root, plain(d.train_split), voxel_size=d.voxel_size, augment=plain(d.augment),
-                                 scene_subset=plain(d.scene_subset), in_features=d.in_features, seed=cfg.train.seed,
-                                 min_box_points=d.min_box_points)
+                                 scene_subset=plain(d.scene_subset), in_features=d.in_features,
+                                 color_norm=d.color_norm, seed=cfg.train.seed, min_box_points=d.min_box_points)
     val_set = DetectionDataset(d.root, plain(d.val_split), voxel_size=d.voxel_size, augment=False,
-                               in_features=d.in_features, seed=cfg.train.seed, min_box_points=d.min_box_points)
+                               in_features=d.in_features, color_norm=d.color_norm, seed=cfg.train.seed,
+                               min_box_points=d.min_box_points)
     return train_set, val_set
 
 

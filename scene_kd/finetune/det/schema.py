@@ -17,6 +17,7 @@ class DetDataConfig:
     augment: Any = True  # true | false | a mapping of the detection augmentation arguments (DetAugmentation)
     scene_subset: Any = None  # limited scene reconstructions: a scene-id list file (tools/make_data_efficient_subsets.py)
     in_features: str = "rgb"  # rgb | rgb+normal
+    color_norm: str = "symmetric"  # symmetric (rgb / 127.5 - 1) | unit (rgb / 255, Pointcept's NormalizeColor)
     min_box_points: int = 1  # instances with fewer points get no ground-truth box
     batch_size: int = 4  # scenes per batch per process
     num_workers: int = 2

@@ -123,8 +123,10 @@ def load_checkpoint_file(path: str, what: str) -> dict:
     """`torch.load(path)` on CPU with `weights_only=True`, errors naming the file."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{what}: cannot read weights file {path!r}: {error}") from error
+    except Exception as error:  # torch's messages run over several lines: one line, 300 characters
+        detail = " ".join(str(error).replace("\x1b[1m", "").replace("\x1b[0m", "").split())[:300]
+        raise ValueError(f"{what}: cannot read weights file {path!r} as a torch checkpoint of tensors "
+                         f"({type(error).__name__}: {detail})") from error
     if not isinstance(checkpoint, dict):
         raise ValueError(
             f"{what}: weights file {path!r} holds a {type(checkpoint).__name__}, not a state dict"

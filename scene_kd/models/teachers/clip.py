@@ -11,8 +11,14 @@ CLIP's embedding space by the attention pool's value and output projections appl
 - "avg" (the mean of the patch tokens is the image embedding, so CLIP's loss trains each of them): the
   patch tokens after the full last block, through `ln_post` and `proj`; their mean is the image
   embedding (exactly, unless `final_ln_after_pool`, where `ln_post` comes after the mean).
-Other image towers (an attentional pooler, pool_type "none") have no such dense reading and are refused.
-Weights come from a local file or open_clip's local cache; nothing is downloaded.
+SigLIP and SigLIP2 (`ViT-B-16-SigLIP`, `ViT-SO400M-14-SigLIP`, `ViT-B-16-SigLIP2`, ...: a timm ViT trunk
+pooled by timm's attention-pool head, timm_pool "map") give dense features in their image-text space by
+the same MaskCLIP reasoning as the ResNets' attention pool: the trunk runs unchanged, and each patch token
+(after the trunk's final norm) goes through the pool's value path alone, `proj(W_v x + b_v)`, then the
+pool's MLP residual `y + mlp(norm(y))` and the tower's heads; no token mixing in the pool. Where the pool
+would attend over one token, that is exactly the pooled embedding.
+Other image towers (an attentional pooler, pool_type "none", other timm towers) have no such dense reading
+and are refused. Weights come from a local file or open_clip's local cache; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ CLIP_MODELS = (
     "RN101",
     "ViT-B-16",
     "ViT-L-14",
-)  # tested; other open_clip names with the same towers work
+    "ViT-B-16-SigLIP",
+)  # tested; other open_clip names with the same towers work (ViT-B-16-SigLIP2, ViT-SO400M-14-SigLIP, ...)
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
@@ -180,18 +187,52 @@ def clip_from_config_file(path: str | os.PathLike, quick_gelu: bool = False) -> 
                          f"{os.fspath(path)!r}: {type(error).__name__}: {error}") from error
 
 
-def clip_tokenizer(model: str | os.PathLike) -> Callable[[Sequence[str]], Tensor]:
+def clip_tokenizer(
+    model: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+) -> Callable[[Sequence[str]], Tensor]:
     """open_clip's tokenizer for `model` (a built-in name or a model-config file): texts -> int64
     tokens [N, context_length]. For a config file, open_clip's SimpleTokenizer (its BPE vocabulary
-    ships inside the package) at the config's `text_cfg.context_length` (default 77)."""
+    ships inside the package) at the config's `text_cfg.context_length` (default 77). Models whose
+    tokenizer is a Hugging Face one (SigLIP, SigLIP2: `text_cfg.hf_tokenizer_name`) need the
+    `transformers` package and the tokenizer's files in the local Hugging Face cache (`cache_dir`, else
+    the default); they are never downloaded, and a missing piece is a one-line ValueError."""
     import open_clip
     from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, SimpleTokenizer
 
     if not is_clip_config_file(model):
-        return open_clip.get_tokenizer(os.fspath(model))
+        model = os.fspath(model)
+        hf_name = ((open_clip.get_model_config(model) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+        if hf_name:
+            return hf_tokenizer(model, hf_name, cache_dir)
+        return open_clip.get_tokenizer(model)
     text_cfg = clip_model_config(model)["text_cfg"]
     return SimpleTokenizer(context_length=int(text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH)),
                            **text_cfg.get("tokenizer_kwargs", {}))
+
+
+def hf_tokenizer(model: str, hf_name: str, cache_dir: str | os.PathLike | None) -> Callable:
+    """open_clip's HFTokenizer of `model` from the local Hugging Face cache only (see `clip_tokenizer`)."""
+    import importlib.util
+
+    import open_clip
+
+    where = "the default Hugging Face cache"
+    if cache_dir:
+        where = f"the Hugging Face cache {os.fspath(cache_dir)!r}"
+    how_to_get = (f"on a machine with internet access run open_clip.get_tokenizer({model!r}) (it fills the "
+                  f"Hugging Face cache with {hf_name!r}) and copy the cache here (HF_HOME, or pass "
+                  "cache_dir=)")
+    if importlib.util.find_spec("transformers") is None:
+        raise ValueError(f"clip teacher: the text tokenizer of {model!r} is the Hugging Face tokenizer "
+                         f"{hf_name!r}, which needs the transformers package (pip install transformers "
+                         f"sentencepiece) and its files in {where}: {how_to_get}")
+    try:
+        return open_clip.get_tokenizer(model, cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+                                       local_files_only=True)
+    except (OSError, ValueError, ImportError) as error:
+        detail = " ".join(str(error).split())[:300]
+        raise ValueError(f"clip teacher: the text tokenizer {hf_name!r} of {model!r} is not usable from "
+                         f"{where} ({type(error).__name__}: {detail}); {how_to_get}") from error
 
 
 def load_clip_model(
@@ -260,10 +301,12 @@ def load_clip_model(
 
 
 class ClipTeacher(Teacher):
-    """Shared by the CLIP towers: CLIP's normalization and an optional fixed run resolution."""
+    """Shared by the CLIP towers: the tower's normalization (CLIP's unless given) and an optional fixed
+    run resolution."""
 
-    def __init__(self, image_size: int | Sequence[int] | None, multiple: int):
-        super().__init__(CLIP_MEAN, CLIP_STD)
+    def __init__(self, image_size: int | Sequence[int] | None, multiple: int,
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+        super().__init__(mean, std)
         if image_size is not None:
             image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
             if len(image_size) != 2 or any(s <= 0 or s % multiple for s in image_size):
@@ -469,6 +512,117 @@ class ClipViTTeacher(ClipTeacher):
         return dense, pooled @ v.proj
 
 
+def attention_pool_value_path(pool: nn.Module, tokens: Tensor) -> Tensor:
+    """timm's AttentionPoolLatent (SigLIP's `map` head) applied to each token alone: tokens [B, N, D] ->
+    [B, N, out]: `y = proj(W_v x + b_v)`, then `y + mlp(norm(y))`. With one token to attend over, the
+    pool's forward gives exactly this (its softmax is 1 for every head)."""
+    width = pool.kv.out_features // 2  # kv's rows: the keys, then the values
+    bias = pool.kv.bias[width:] if pool.kv.bias is not None else None
+    y = pool.proj(F.linear(tokens, pool.kv.weight[width:], bias))
+    return y if pool.mlp is None else y + pool.mlp(pool.norm(y))
+
+
+def timm_tower_problem(visual: nn.Module) -> str | None:
+    """Why the open_clip timm image tower `visual` has no dense reading here, or None for a ViT trunk
+    pooled by timm's attention-pool head (`map`, SigLIP) with absolute positions."""
+    from timm.layers import AttentionPoolLatent
+    from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
+
+    trunk = getattr(visual, "trunk", None)
+    if not isinstance(trunk, TimmVisionTransformer):
+        return f"its timm trunk is a {type(trunk).__name__}, not a timm VisionTransformer"
+    if not isinstance(trunk.attn_pool, AttentionPoolLatent) or trunk.attn_pool.pos_embed is not None:
+        return (f"its trunk pools with global_pool={trunk.global_pool!r}; supported: an attention-pool head "
+                "without positions (timm_pool 'map', as SigLIP)")
+    if trunk.pos_embed is None or getattr(trunk, "rope", None) is not None:
+        return "its trunk has no absolute positional embedding"
+    return None
+
+
+class ClipTimmViTTeacher(ClipTeacher):
+    """SigLIP-style open_clip tower (a timm ViT trunk with an attention-pool head): dense image-text
+    features [B, embed_dim, H/p, W/p], each patch token through the pool's value path
+    (`attention_pool_value_path`) and the heads after it; the trunk itself runs unchanged.
+
+    Inputs whose sides are not multiples of p are resized to the nearest multiples (or to `image_size`);
+    the trunk's positional embedding is resampled to the patch grid with timm's `resample_abs_pos_embed`
+    (bicubic, antialiased), as timm's `dynamic_img_size` does. `mean` / `std`: the tower's normalization
+    (SigLIP's is 0.5 / 0.5).
+    """
+
+    has_global_embedding = True
+
+    def __init__(self, visual: nn.Module, image_size: int | Sequence[int] | None = None,
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+        patch = tuple(visual.trunk.patch_embed.patch_size)
+        if patch[0] != patch[1]:
+            raise ValueError(f"clip teacher: square patches expected, got {patch}")
+        super().__init__(image_size, patch[0], mean, std)
+        self.visual = visual
+        self.stride = patch[0]
+        with torch.no_grad():
+            probe = torch.zeros(1, 1, visual.trunk.embed_dim)
+            self.out_channels = self.embed_dim = self.heads(attention_pool_value_path(visual.trunk.attn_pool,
+                                                                                      probe)).shape[-1]
+
+    run_size = ClipViTTeacher.run_size
+
+    def tokens(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Normalized images -> (the trunk's tokens after its final norm [B, prefix + gh * gw, width], the
+        patch grid (gh, gw))."""
+        from timm.layers import resample_abs_pos_embed
+
+        trunk = self.visual.trunk
+        x = trunk.patch_embed.proj(self.resized(images))  # [B, width, gh, gw], stride p
+        batch, _, gh, gw = x.shape
+        x = trunk.patch_embed.norm(x.flatten(2).transpose(1, 2))
+        extra = [token for token in (trunk.cls_token, trunk.reg_token) if token is not None]
+        prefix = [token.to(x.dtype).expand(batch, -1, -1) for token in extra]
+        in_positions = 0 if trunk.no_embed_class else trunk.num_prefix_tokens  # prefix tokens with a position
+        positions = resample_abs_pos_embed(trunk.pos_embed, new_size=(gh, gw), num_prefix_tokens=in_positions,
+                                           old_size=trunk.patch_embed.grid_size)
+        positions = positions.to(x.dtype)
+        if trunk.no_embed_class:
+            x = torch.cat([*prefix, x + positions], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + positions
+        return trunk.norm(trunk.blocks(trunk.norm_pre(x))), (gh, gw)
+
+    def heads(self, pooled: Tensor) -> Tensor:
+        """What follows the attention pool: the trunk's fc_norm and head, then open_clip's head."""
+        trunk = self.visual.trunk
+        return self.visual.head(trunk.head(trunk.fc_norm(pooled)))
+
+    def dense(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        patches = tokens[:, self.visual.trunk.num_prefix_tokens:]
+        x = self.heads(attention_pool_value_path(self.visual.trunk.attn_pool, patches))
+        return x.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+
+    def extract(self, images: Tensor) -> Tensor:
+        return self.dense(*self.tokens(images))
+
+    def extract_with_global(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(the dense map as `extract`, the image embedding as open_clip pools it: the trunk's own
+        `forward_head` (attention pool, fc_norm, head) and open_clip's head on the same trunk tokens)."""
+        tokens, grid = self.tokens(images)
+        return self.dense(tokens, grid), self.visual.head(self.visual.trunk.forward_head(tokens))
+
+
+def timm_tower_normalization(visual: nn.Module, model: str, pretrained: str | None) -> tuple[tuple, tuple]:
+    """(mean, std) of a timm image tower: the open_clip pretrained tag's when given, else the timm
+    architecture's default (SigLIP: 0.5, 0.5), else CLIP's."""
+    import open_clip
+
+    cfg = {}
+    if pretrained and not is_clip_config_file(model):
+        cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    if not cfg:
+        cfg = getattr(visual.trunk, "pretrained_cfg", None) or {}
+    if cfg.get("mean") and cfg.get("std"):
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    return CLIP_MEAN, CLIP_STD
+
+
 def build_clip_teacher(
     model: str,
     weights: str | os.PathLike | None = None,
@@ -479,16 +633,21 @@ def build_clip_teacher(
     quick_gelu: bool | None = None,
     allow_random: bool = False,
 ) -> ClipTeacher:
-    """Frozen CLIP image tower of open_clip `model` ("RN50", "RN101", "ViT-B-16", "ViT-L-14").
+    """Frozen CLIP image tower of open_clip `model` ("RN50", "RN101", "ViT-B-16", "ViT-L-14",
+    "ViT-B-16-SigLIP", ...).
 
     ResNets: layer4 features, in CLIP space when `clip_space=True` (default False). ViTs: dense
     CLIP-space features, MaskCLIP's for open_clip pool_type "tok", the patch tokens for "avg" (see
     `ClipViTTeacher`; other pool types and attentional poolers are a ValueError; `clip_space=False`
-    is an error). `image_size` fixes the resolution the tower runs at (input resized; ViT positional
-    embeddings interpolated to its patch grid). Weights as in `load_clip_model`; the text tower is dropped. `model` may also be the path of
-    an open_clip model-config JSON file (a custom architecture; see `load_clip_model`).
+    is an error). SigLIP / SigLIP2 (timm trunks with an attention-pool head): each patch token through
+    the pool's value path (`ClipTimmViTTeacher`), normalized with the tag's (else timm's) mean and std.
+    `image_size` fixes the resolution the tower runs at (input resized; ViT positional embeddings
+    interpolated to its patch grid). Weights as in `load_clip_model`; the text tower is dropped.
+    `model` may also be the path of an open_clip model-config JSON file (a custom architecture; see
+    `load_clip_model`).
     """
     from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.timm_model import TimmModel
     from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
     config = clip_model_config(model)
@@ -511,6 +670,13 @@ def build_clip_teacher(
         if clip_space is False:
             raise ValueError(f"clip teacher: {model!r} is a ViT, whose dense features are CLIP-space only")
         teacher = ClipViTTeacher(visual, image_size, model=os.fspath(model))
+    elif isinstance(visual, TimmModel):
+        problem = timm_tower_problem(visual)
+        if problem is not None:
+            raise ValueError(f"clip teacher: the timm image tower of {os.fspath(model)!r} has no dense "
+                             f"reading: {problem}")
+        mean, std = timm_tower_normalization(visual, os.fspath(model), pretrained)
+        teacher = ClipTimmViTTeacher(visual, image_size, mean, std)
     else:
         raise ValueError(
             f"clip teacher: the image tower of {model!r} ({type(visual).__name__}) is not supported"
@@ -533,7 +699,8 @@ def clip_text_embeddings(
     """Normalized CLIP text embeddings [K, D], one per class: the mean over `templates` ("... {} ...").
 
     Uses the text tower of the same local weights as the teacher (see `load_clip_model`) and the
-    model's open_clip tokenizer (`clip_tokenizer`).
+    model's open_clip tokenizer (`clip_tokenizer`; SigLIP's Hugging Face tokenizers from the local cache
+    `cache_dir`).
     """
     if not class_names:
         raise ValueError("clip_text_embeddings: class_names is empty")
@@ -541,10 +708,11 @@ def clip_text_embeddings(
         raise ValueError(
             f"clip_text_embeddings: every template needs a '{{}}' for the class name, got {templates}"
         )
+    tokenizer = clip_tokenizer(model_name, cache_dir)  # before the weights: a missing tokenizer fails fast
     clip = load_clip_model(model_name, weights, pretrained, cache_dir, quick_gelu, allow_random)
     clip.visual = nn.Identity()  # only the text tower is needed
     clip = clip.to(device)
-    tokens = clip_tokenizer(model_name)([t.format(name) for name in class_names for t in templates])
+    tokens = tokenizer([t.format(name) for name in class_names for t in templates])
     with torch.no_grad():
         text = F.normalize(clip.encode_text(tokens.to(device)).float(), dim=-1)
     return F.normalize(text.view(len(class_names), len(templates), -1).mean(dim=1), dim=-1)
