@@ -287,7 +287,7 @@ def test_import_teacher_from_a_user_module(tmp_path, monkeypatch):
 
 
 def test_unknown_teacher_and_bad_images():
-    assert set(TEACHERS) == {"resnet50", "clip", "frame_encoder", "import"}
+    assert set(TEACHERS) == {"resnet50", "clip", "dinov2", "frame_encoder", "import"}
     with pytest.raises(ValueError, match="unknown teacher"):
         build_teacher("dino")
     teacher = build_teacher("resnet50", layer="layer3", allow_random=True)
