@@ -278,7 +278,7 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
-unet = [row for path in sorted(work.glob("sparse_unet_*.json")) for row in json.loads(path.read_text())]
+unet = [row for path in sorted(work.glob("sparse_unet_*.json")) for row in json.loads(path.read_text())["rows"]]
 pretrain = load("pretrain_throughput.json")
 result = {"environment": load("env.json"), "parts": parts(), "tests": test_summary(), "sparse_unet": unet,
           "pretrain_throughput": pretrain,

@@ -7,8 +7,10 @@ project's expected errors: one line on stderr, exit code 1 (2 for usage), the tr
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from scene_kd.config import ConfigError, load_config, to_yaml
+from scene_kd.cpu_threads import apply_cpu_thread_policy
 
 # What a bad input, a bad file or a missing dependency raises in this project (a bug raises others).
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
@@ -57,17 +60,24 @@ class JobCommand:
     finetuning options the tool offers (an option whose help is None is not offered)."""
 
     schema: type
-    run: Callable[[DictConfig], object]
+    run: Callable[[DictConfig], object] | str  # or "module:function", imported only when it runs
     recipe_dir: str  # e.g. configs/finetune_seg
     override_example: str  # e.g. optim.lr=0.05
-    evaluate: Callable[[DictConfig, str, str], object] | None = None  # (cfg, checkpoint, out_dir)
+    evaluate: Callable[[DictConfig, str, str], object] | str | None = None  # (cfg, checkpoint, out_dir)
     init_help: str | None = None
     freeze_help: str | None = None
     eval_help: str | None = None
 
 
+CPU_THREADS_HELP = textwrap.fill(
+    "environment: SCENE_KD_CPU_THREADS=auto (default: on the CPU, train on the cores other processes leave "
+    "idle, checked every few seconds; OpenMP threads spin only briefly), =N (N threads) or =keep (the "
+    "runtime's defaults); docs/performance.md", width=100)
+
+
 def job_parser(command: JobCommand, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=CPU_THREADS_HELP)
     parser.add_argument("--config", help=f"recipe YAML ({command.recipe_dir}/*.yaml); without it, the schema defaults")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help=f"config overrides, e.g. {command.override_example} (anywhere among the options)")
@@ -83,8 +93,19 @@ def job_parser(command: JobCommand, description: str) -> argparse.ArgumentParser
     return parser
 
 
+def resolve_function(function: Callable | str) -> Callable:
+    """A callable, or the function a "package.module:function" string names (imported now)."""
+    if callable(function):
+        return function
+    module, _, name = function.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def job_main(command: JobCommand, description: str, argv: Sequence[str] | None = None) -> int:
-    """Parse `argv`, resolve the config and train (or evaluate, or print the config); returns the exit code."""
+    """Parse `argv`, resolve the config and train (or evaluate, or print the config); returns the exit code.
+    The CPU thread policy is applied first (`scene_kd.cpu_threads`), so a tool that names its job
+    functions as "module:function" strings imports torch only after it."""
+    apply_cpu_thread_policy()
     parser = job_parser(command, description)
     args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
@@ -100,7 +121,7 @@ def job_main(command: JobCommand, description: str, argv: Sequence[str] | None =
         print(to_yaml(cfg), end="")
         return 0
     if getattr(args, "eval_only", None):
-        command.evaluate(cfg, args.eval_only, args.eval_out or f"{cfg.train.out_dir}/eval_only")
+        resolve_function(command.evaluate)(cfg, args.eval_only, args.eval_out or f"{cfg.train.out_dir}/eval_only")
         return 0
-    command.run(cfg)
+    resolve_function(command.run)(cfg)
     return 0

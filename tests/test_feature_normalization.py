@@ -140,3 +140,26 @@ def test_checkpoint_normalization_is_checked(tiny_root):
     with pytest.raises(ValueError, match=r"data.in_features=rgb \(its config\).*data.in_features=rgb\+normal"):
         check_checkpoint_features(older, "old.pth", color_norm="symmetric", in_features="rgb+normal")
     check_checkpoint_features({"state_dict": {"w": torch.zeros(1)}}, "me.pth", color_norm="unit")  # records nothing
+
+
+@pytest.mark.parametrize("color_norm, in_features", [("unit", "rgb"), ("symmetric", "rgb+normal")])
+def test_feature_pictures_feed_what_the_checkpoint_was_fed(tiny_root, tmp_path, color_norm, in_features):
+    """The student of a checkpoint pretrained with other input features sees them in the pictures too:
+    its features equal the network's output on hand-made inputs of that kind."""
+    from scene_kd.models import build_student
+    from scene_kd.sparse import SparseTensor
+    from scene_kd.transfer.pictures import student_point_features
+
+    channels = 6 if in_features == "rgb+normal" else 3
+    torch.manual_seed(0)
+    net = build_student("MinkUNet14A", in_channels=channels, out_channels=None).eval()
+    path = tmp_path / "pretrained.pth"
+    torch.save({"student_name": "MinkUNet14A", "student": net.state_dict(),
+                "config": {"data": {"color_norm": color_norm, "in_features": in_features}}}, path)
+    colors = UNIT if color_norm == "unit" else SYMMETRIC
+    feats = np.concatenate([colors, NORMALS], 1) if in_features == "rgb+normal" else np.asarray(colors)
+    coords = torch.tensor([[0, 0, 0, 0], [0, 10, 0, 0], [0, 20, 0, 0]], dtype=torch.int32)  # 1 m apart at 10 cm
+    with torch.no_grad():
+        expected = net(SparseTensor(torch.tensor(feats, dtype=torch.float32), coords)).F.numpy()
+    got = student_point_features(path, "MinkUNet14A", tiny_root, "scene9000_00", voxel_size=0.1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

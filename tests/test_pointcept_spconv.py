@@ -1,6 +1,6 @@
 """scene_kd's SpUNet-v1m1 and its Pointcept export against spconv 2.x itself: Pointcept's own network
 (tests/reference/pointcept_spunet.py) loads the exported weights strictly and computes the same
-outputs; each kernel layout (1x1x1 submanifold, 3x3x3, 5x5x5, stride-2, inverse) is checked against
+outputs (float32 and float64); each kernel layout (1x1x1 submanifold, 3x3x3, 5x5x5, stride-2, inverse) is checked against
 spconv's layers in both directions; a Pointcept checkpoint loads through `model.init`.
 
 spconv's CPU forward is correct only with one torch thread (docs/sparse_backends.md): every test here
@@ -100,6 +100,28 @@ def test_exported_spunet_loads_strictly_into_pointcepts_network_and_computes_the
     for name, value in net.state_dict().items():
         if name.endswith(("running_mean", "running_var")):
             torch.testing.assert_close(value, theirs_stats[name.replace(".bn.", ".")], rtol=1e-4, atol=1e-5)
+
+
+def test_exported_spunet_matches_pointcepts_network_in_float64(tmp_path):
+    """In float64 the two networks agree to rounding far below float32's: the same function, not a near one."""
+    torch.manual_seed(3)
+    net = build_student("SpUNet-v1m1", in_channels=IN, out_channels=CLASSES)
+    randomize_batch_norms(net, seed=4)
+    torch.nn.init.normal_(net.final.bias)  # outputs of size one, so that 1e-10 is a tight bound
+    checkpoint = tmp_path / "seg.pth"
+    torch.save({"student_name": "SpUNet-v1m1", "num_classes": CLASSES, "model": net.state_dict()}, checkpoint)
+    export_checkpoint(checkpoint, "pointcept-spunet", tmp_path / "pointcept.pth")
+    exported = torch.load(tmp_path / "pointcept.pth")["state_dict"]
+    reference = SpUNetBase(IN, CLASSES)
+    reference.load_state_dict({k[len("backbone."):]: v for k, v in exported.items()}, strict=True)
+    net, reference = net.double().eval(), reference.double().eval()
+    coords = voxel_cloud(seed=5)
+    feats = torch.rand(len(coords), IN, dtype=torch.float64)
+    with torch.no_grad():
+        ours = net(SparseTensor(feats, coords)).F
+        theirs = reference(pointcept_input(coords, feats))
+    assert ours.dtype == theirs.dtype == torch.float64 and ours.std() > 0.1
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
 
 
 def test_a_pointcept_checkpoint_initialises_scene_kd_to_pointcepts_outputs(tmp_path):

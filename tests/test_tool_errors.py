@@ -62,6 +62,8 @@ CASES = [
      "points_7"),
     ("benchmarks/sparse_unet.py", ["--models", "Nope"], 2, "invalid choice: 'Nope'"),
     ("benchmarks/preprocess.py", ["--scenes", "0"], 2, "--scenes, --frames"),
+    ("benchmarks/cpu_contention.py", ["--work-dir", "{tmp}/bc", "--steps", "2"], 2, "--steps must be at least 3"),
+    ("benchmarks/cpu_contention.py", ["--work-dir", "{tmp}/bc", "--policies", "spin"], 2, "invalid choice: 'spin'"),
     ("benchmarks/pretrain_throughput.py", ["--student", "Nope"], 2, "invalid choice: 'Nope'"),
     ("benchmarks/pretrain_throughput.py", ["--recipes", "nope"], 2, "no such configs/pretrain/<name>.yaml"),
 ]

@@ -19,13 +19,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scene_kd.cli import add_debug_flag, run_tool
-from scene_kd.demo import DEMO_SETTINGS, demo_settings, run_demo
-from scene_kd.models import STUDENTS
+from scene_kd.cli import CPU_THREADS_HELP, add_debug_flag, run_tool
+from scene_kd.cpu_threads import apply_cpu_thread_policy
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    apply_cpu_thread_policy()  # before torch is imported (scene_kd/cpu_threads.py)
+    from scene_kd.demo import DEMO_SETTINGS, demo_settings, run_demo
+    from scene_kd.models import STUDENTS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=CPU_THREADS_HELP)
     d = DEMO_SETTINGS
     parser.add_argument("--out", default="outputs/demo", help="output directory (default outputs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scans and of every training (default 0)")

@@ -22,11 +22,11 @@ from __future__ import annotations
 import sys
 
 from scene_kd.cli import JobCommand, job_main, run_tool
-from scene_kd.finetune.det.run import evaluate_checkpoint, run_finetune_det
 from scene_kd.finetune.det.schema import FinetuneDetConfig
 
 COMMAND = JobCommand(
-    schema=FinetuneDetConfig, run=run_finetune_det, evaluate=evaluate_checkpoint, recipe_dir="configs/finetune_det",
+    schema=FinetuneDetConfig, run="scene_kd.finetune.det.run:run_finetune_det",
+    evaluate="scene_kd.finetune.det.run:evaluate_checkpoint", recipe_dir="configs/finetune_det",
     override_example="optim.lr=0.002",
     init_help="pretraining or MinkowskiEngine checkpoint to start the backbone from (model.init)",
     freeze_help="train only the detection head on a frozen backbone (model.freeze_backbone=true)",

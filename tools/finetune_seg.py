@@ -19,10 +19,10 @@ import sys
 
 from scene_kd.cli import JobCommand, job_main, run_tool
 from scene_kd.finetune.schema import FinetuneSegConfig
-from scene_kd.finetune.seg import evaluate_checkpoint, run_finetune_seg
 
 COMMAND = JobCommand(
-    schema=FinetuneSegConfig, run=run_finetune_seg, evaluate=evaluate_checkpoint, recipe_dir="configs/finetune_seg",
+    schema=FinetuneSegConfig, run="scene_kd.finetune.seg:run_finetune_seg",
+    evaluate="scene_kd.finetune.seg:evaluate_checkpoint", recipe_dir="configs/finetune_seg",
     override_example="optim.lr=0.05",
     init_help="pretraining or MinkowskiEngine checkpoint to start from (model.init)",
     freeze_help="linear probe: train only the final layer (model.freeze_backbone=true)",

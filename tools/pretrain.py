@@ -20,10 +20,9 @@ from __future__ import annotations
 import sys
 
 from scene_kd.cli import JobCommand, job_main, run_tool
-from scene_kd.distill.pretrain import run_pretraining
 from scene_kd.distill.schema import PretrainConfig
 
-COMMAND = JobCommand(schema=PretrainConfig, run=run_pretraining, recipe_dir="configs/pretrain",
+COMMAND = JobCommand(schema=PretrainConfig, run="scene_kd.distill.pretrain:run_pretraining", recipe_dir="configs/pretrain",
                      override_example="optim.lr=0.1")
 
 

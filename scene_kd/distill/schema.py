@@ -29,7 +29,7 @@ class PretrainDataConfig:
 class StudentConfig:
     name: str = "Res16UNet34C"  # a key of scene_kd.models.STUDENTS
     in_channels: int = 3
-    backend: str = "torch"  # torch | minkowski
+    backend: str = "torch"  # torch | minkowski | spconv (CUDA) | auto (docs/sparse_backends.md)
 
 
 @dataclass

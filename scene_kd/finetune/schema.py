@@ -27,7 +27,7 @@ class SegDataConfig:
 @dataclass
 class SegModelConfig:
     student: str = "Res16UNet34C"  # a key of scene_kd.models.STUDENTS
-    backend: str = "torch"  # torch | minkowski
+    backend: str = "torch"  # torch | minkowski | spconv (CUDA) | auto (docs/sparse_backends.md)
     num_classes: int = 20
     init: Any = None  # a pretraining checkpoint, or a MinkowskiEngine checkpoint of the same architecture
     init_strict: bool = True  # every backbone weight must be in `init` (the head may be missing)

@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scene_kd.data.scenes import input_features, load_scene
+from scene_kd.data.scenes import (
+    feature_channels,
+    feature_fields,
+    input_features,
+    load_scene,
+    recorded_feature_settings,
+)
 from scene_kd.engine.checkpoint import load_checkpoint
 from scene_kd.eval.semseg import label_colors
 from scene_kd.models.students import build_student
@@ -42,16 +48,23 @@ def pca_colors(features: np.ndarray | torch.Tensor) -> np.ndarray:
 def student_point_features(checkpoint: str | os.PathLike | None, student: str, root: str | os.PathLike,
                            scene_id: str, voxel_size: float, seed: int = 0) -> np.ndarray:
     """float32 [P, C]: the decoder features of every point of a processed scene under the student of a
-    pretraining checkpoint (its "student" weights), or a randomly initialised one (checkpoint None)."""
+    pretraining checkpoint (its "student" weights), or a randomly initialised one (checkpoint None).
+    The input features are those the checkpoint's student was fed (its `data.in_features` and
+    `data.color_norm`; the defaults for a random student)."""
     torch.manual_seed(seed)
-    net = build_student(student, in_channels=3, out_channels=None, backend=get_backend("torch"))
+    state = load_checkpoint(checkpoint) if checkpoint is not None else {}
+    fed = recorded_feature_settings(state.get("config"))
+    net = build_student(student, in_channels=feature_channels(fed["in_features"]), out_channels=None,
+                        backend=get_backend("torch"))
     if checkpoint is not None:
-        net.load_state_dict(load_checkpoint(checkpoint)["student"])
+        net.load_state_dict(state["student"])
     net.eval()
-    arrays = load_scene(root, scene_id, ("coord", "color"))
+    arrays = load_scene(root, scene_id, ("coord", *feature_fields(fed["in_features"])))
     coords, unique_map, inverse_map = sparse_quantize(arrays["coord"].astype(np.float64), voxel_size)
     batch_coords = torch.cat([torch.zeros(len(coords), 1, dtype=torch.int32), coords.int()], 1)
-    features = torch.from_numpy(input_features(arrays["color"][unique_map.numpy()]))
+    kept = unique_map.numpy()
+    normals = arrays["normal"][kept] if "normal" in arrays else None
+    features = torch.from_numpy(input_features(arrays["color"][kept], normals, fed["color_norm"]))
     out = net(SparseTensor(features, batch_coords))
     return out.F[inverse_map].numpy()
 

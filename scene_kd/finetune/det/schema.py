@@ -26,7 +26,7 @@ class DetDataConfig:
 @dataclass
 class DetModelConfig:
     student: str = "Res16UNet34C"  # a key of scene_kd.models.STUDENTS
-    backend: str = "torch"  # torch | minkowski
+    backend: str = "torch"  # torch | minkowski | spconv (CUDA) | auto (docs/sparse_backends.md)
     strides: list[int] = field(default_factory=lambda: [2, 4, 8])  # decoder levels the head predicts at (of 1, 2, 4, 8)
     head_channels: int = 128
     init: Any = None  # a pretraining checkpoint, or a MinkowskiEngine checkpoint of the same architecture
