@@ -14,6 +14,7 @@ spconv = pytest.importorskip("spconv.pytorch",
                              reason="needs spconv 2.x (pip install -e .[dev]), the oracle of these tests")
 
 from reference.pointcept_spunet import SpUNetBase  # noqa: E402
+from spconv_threads import one_torch_thread  # noqa: E402, F401 (autouse fixture)
 
 from scene_kd.finetune.init_weights import init_from_checkpoint  # noqa: E402
 from scene_kd.interop.export import export_checkpoint  # noqa: E402
@@ -22,14 +23,6 @@ from scene_kd.models import build_student  # noqa: E402
 from scene_kd.sparse import SparseConvolution, SparseConvolutionTranspose, SparseTensor  # noqa: E402
 
 IN, CLASSES = 6, 13
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def voxel_cloud(seed: int, per_item=(180, 140), extent: int = 24) -> torch.Tensor:

@@ -13,6 +13,8 @@ import torch
 
 pytest.importorskip("spconv.pytorch", reason="needs spconv 2.x (pip install -e .[dev]; spconv-cu12x on GPUs)")
 
+from spconv_threads import one_torch_thread  # noqa: E402, F401 (autouse fixture)
+
 from scene_kd.interop.spconv_layout import kernel_to_spconv  # noqa: E402
 from scene_kd.models import build_student  # noqa: E402
 from scene_kd.sparse import SparseTensor, get_backend  # noqa: E402
@@ -21,14 +23,6 @@ from scene_kd.sparse import spconv_backend as sb  # noqa: E402
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TOL = dict(rtol=1e-5, atol=1e-5)
 STUDENT_NAMES = ["MinkUNet14A", "Res16UNet34C", "MinkUNet34C", "SpUNet-v1m1"]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def voxel_cloud(seed: int, per_item=(260, 200), low: int = -13, high: int = 14) -> torch.Tensor:

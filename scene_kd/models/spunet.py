@@ -20,13 +20,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from scene_kd.models.unet import DECODER_STRIDES, decoder_width, unit_batch_norms
 from scene_kd.sparse.backend import SparseBackend, get_backend
 
 SPUNET_NAME = "SpUNet-v1m1"
 SPUNET_CHANNELS = (32, 64, 128, 256, 256, 128, 96, 96)
 SPUNET_LAYERS = (2, 3, 4, 6, 2, 2, 2, 2)
 NUM_STAGES = 4
-DECODER_STRIDES = (8, 4, 2, 1)  # tensor strides of dec[3], dec[2], dec[1], dec[0]
+# DECODER_STRIDES (8, 4, 2, 1): tensor strides of dec[3], dec[2], dec[1], dec[0]
 
 
 class SpUNetBlock(nn.Module):
@@ -131,15 +132,11 @@ class SpUNet(nn.Module):
                         nn.init.trunc_normal_(m.kernel, std=0.02, a=-2.0, b=2.0)
                     if m.bias is not None:
                         m.bias.zero_()
-            if isinstance(m, self.backend.batch_norm_types):
-                nn.init.constant_(m.bn.weight, 1.0)
-                nn.init.constant_(m.bn.bias, 0.0)
+        unit_batch_norms(self, self.backend.batch_norm_types)
 
     def decoder_channels(self, stride: int) -> int:
         """Feature channels of the decoder's output at `stride` (8, 4, 2 or 1)."""
-        if stride not in DECODER_STRIDES:
-            raise ValueError(f"the decoder has outputs at strides {DECODER_STRIDES}, not {stride}")
-        return self._decoder_widths[stride]
+        return decoder_width(self._decoder_widths, stride)
 
     def decoder_modules(self, stride: int) -> list[str]:
         """Names (for `get_submodule`) of the modules that produce the decoder output at `stride` from

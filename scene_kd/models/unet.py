@@ -21,6 +21,22 @@ from scene_kd.sparse.backend import SparseBackend, get_backend
 DECODER_STRIDES = (8, 4, 2, 1)  # tensor strides of the decoder's outputs (block5, block6, block7, block8)
 
 
+def decoder_width(widths: dict[int, int], stride: int) -> int:
+    """Channels of a U-Net decoder's output at `stride` from its {stride: channels}; a ValueError
+    naming the strides there are for any other stride."""
+    if stride not in DECODER_STRIDES:
+        raise ValueError(f"the decoder has outputs at strides {DECODER_STRIDES}, not {stride}")
+    return widths[stride]
+
+
+def unit_batch_norms(model: nn.Module, batch_norm_types: tuple[type, ...]) -> None:
+    """Every sparse batch norm of `model` to weight 1, bias 0 (both U-Nets' initialization)."""
+    for m in model.modules():
+        if isinstance(m, batch_norm_types):
+            nn.init.constant_(m.bn.weight, 1.0)
+            nn.init.constant_(m.bn.bias, 0.0)
+
+
 class SparseUNet(nn.Module):
     """A sparse residual U-Net returning per-voxel features at stride 1.
 
@@ -122,15 +138,11 @@ class SparseUNet(nn.Module):
                 fan_out = kernel.shape[2] * kernel.shape[0] if kernel.dim() == 3 else kernel.shape[0]
                 with torch.no_grad():
                     kernel.normal_(0.0, math.sqrt(2.0) / math.sqrt(fan_out))
-            if isinstance(m, self.backend.batch_norm_types):
-                nn.init.constant_(m.bn.weight, 1.0)
-                nn.init.constant_(m.bn.bias, 0.0)
+        unit_batch_norms(self, self.backend.batch_norm_types)
 
     def decoder_channels(self, stride: int) -> int:
         """Feature channels of the decoder's output at `stride` (8, 4, 2 or 1)."""
-        if stride not in DECODER_STRIDES:
-            raise ValueError(f"the decoder has outputs at strides {DECODER_STRIDES}, not {stride}")
-        return self._decoder_widths[stride]
+        return decoder_width(self._decoder_widths, stride)
 
     def decoder_modules(self, stride: int) -> list[str]:
         """Names of the modules that produce the decoder output at `stride` from the next coarser one
