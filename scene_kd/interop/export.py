@@ -87,6 +87,25 @@ def _checked_minkunet(state: dict[str, torch.Tensor], name: str | None, path, wh
         load_weights(net, state, path, f"a {name} student")
 
 
+def prepare_export(path: str | os.PathLike, to: str, *, include_head: bool = True,
+                   in_channels: int | None = None) -> tuple[dict, dict[str, torch.Tensor], str | None, str]:
+    """(the checkpoint to write in format `to`, the student's scene_kd state_dict it holds, the
+    student's name or None, the layout in words) for the checkpoint at `path`; see `export_checkpoint`."""
+    if to not in FORMATS:
+        raise ValueError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
+    state, name, what = read_student(path)
+    check = _checked_spunet if to == "pointcept-spunet" else _checked_minkunet
+    check(state, name, path, what)
+    if not include_head:
+        state = {k: v for k, v in state.items() if not k.startswith("final.")}
+    if in_channels is not None:
+        stem = SPUNET_STEM_KERNEL if to == "pointcept-spunet" else MINKUNET_STEM_KERNEL
+        state = pad_input_channels(state, stem, in_channels)
+    if to == "pointcept-spunet":
+        return pointcept_checkpoint(state), state, name, "Pointcept SpUNetBase names under backbone., spconv 2.x layout"
+    return minkowski_checkpoint(state, name), state, name, "MinkowskiEngine layout, under state_dict"
+
+
 def export_checkpoint(path: str | os.PathLike, to: str, out: str | os.PathLike, *, force: bool = False,
                       include_head: bool = True, in_channels: int | None = None) -> str:
     """Write the student of the checkpoint at `path` to `out` in format `to` (FORMATS); returns a line
@@ -99,20 +118,7 @@ def export_checkpoint(path: str | os.PathLike, to: str, out: str | os.PathLike, 
         raise FileExistsError(f"{out}: already exists; pass --force to replace it")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent}: no such directory (for --out {out})")
-    state, name, what = read_student(path)
-    check = _checked_spunet if to == "pointcept-spunet" else _checked_minkunet
-    check(state, name, path, what)
-    if not include_head:
-        state = {k: v for k, v in state.items() if not k.startswith("final.")}
-    if in_channels is not None:
-        stem = SPUNET_STEM_KERNEL if to == "pointcept-spunet" else MINKUNET_STEM_KERNEL
-        state = pad_input_channels(state, stem, in_channels)
-    if to == "pointcept-spunet":
-        checkpoint = pointcept_checkpoint(state)
-        layout = "Pointcept SpUNetBase names under backbone., spconv 2.x layout"
-    else:
-        checkpoint = minkowski_checkpoint(state, name)
-        layout = "MinkowskiEngine layout, under state_dict"
+    checkpoint, _, name, layout = prepare_export(path, to, include_head=include_head, in_channels=in_channels)
     with atomic_path(out) as tmp:
         torch.save(checkpoint, tmp)
     return f"wrote {out}: {len(checkpoint['state_dict'])} tensors of {name or 'the student'} ({layout})"
