@@ -191,3 +191,65 @@ def test_hf_tokenizer_is_read_from_the_local_cache_only(tmp_path, monkeypatch):
         clip_tokenizer("ViT-B-16-SigLIP", cache_dir=tmp_path)
     assert "\n" not in str(error.value) and "OSError" in str(error.value)
     assert calls == [("timm/ViT-B-16-SigLIP", {"cache_dir": str(tmp_path), "local_files_only": True})]
+
+
+def hf_cache_with_siglip_tokenizer(cache: Path, repo: str, workdir: Path) -> Path:
+    """A Hugging Face cache holding `repo`'s tokenizer where the Hub's download would put it
+    (`models--<org>--<name>/snapshots/<commit>/`, `refs/main` naming the commit, and the marker
+    `.no_exist/<commit>/config.json` the Hub client leaves for a file the repository lacks, which
+    transformers >= 5 asks for before the tokenizer): a SentencePiece model
+    trained here on two sentences (40 pieces), saved by transformers' SiglipTokenizer. Returns the
+    snapshot directory."""
+    import sentencepiece
+    from transformers import SiglipTokenizer
+
+    corpus = workdir / "corpus.txt"
+    corpus.write_text("a photo of a chair in a room. a table next to the wall. a bed, a sofa and a lamp.\n"
+                      "floor cabinet door window bookshelf picture counter desk curtain refrigerator shower\n" * 20)
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(workdir / "spiece"), vocab_size=40,
+                                             model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                             minloglevel=2)
+    commit = "0" * 40
+    repo_dir = cache / f"models--{repo.replace('/', '--')}"
+    SiglipTokenizer(vocab_file=str(workdir / "spiece.model"), model_max_length=64).save_pretrained(
+        repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    (repo_dir / ".no_exist" / commit).mkdir(parents=True)
+    (repo_dir / ".no_exist" / commit / "config.json").touch()
+    return repo_dir / "snapshots" / commit
+
+
+def test_builtin_siglip_text_tower_reads_its_tokenizer_from_the_local_cache(tmp_path, monkeypatch):
+    """With `transformers` and the tokenizer's files in the local cache (as open_clip.get_tokenizer leaves
+    them on a machine with internet access), zero-shot text embeddings of the built-in ViT-B-16-SigLIP
+    work offline: the tokens are the Hugging Face tokenizer's on SigLIP's canonical text (lower case,
+    no punctuation), padded to 64, and the embeddings are the text tower's on those tokens."""
+    pytest.importorskip("transformers", reason="needs transformers (pip install -e .[dev] or .[siglip])")
+    pytest.importorskip("sentencepiece", reason="needs sentencepiece (pip install -e .[dev] or .[siglip])")
+    import open_clip
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "cache"
+    snapshot = hf_cache_with_siglip_tokenizer(cache, "timm/ViT-B-16-SigLIP", tmp_path)
+    reference = AutoTokenizer.from_pretrained(snapshot)
+
+    def reference_tokens(texts):
+        return reference(texts, padding="max_length", max_length=64, truncation=True, return_tensors="pt").input_ids
+
+    tokens = clip_tokenizer("ViT-B-16-SigLIP", cache_dir=cache)(["A Chair, in a room!"])
+    expected = reference_tokens(["a chair in a room"])
+    assert tokens.shape == (1, 64) and int((expected != reference.pad_token_id).sum()) > 4
+    torch.testing.assert_close(tokens, expected)
+
+    names = ["chair", "table", "wall"]
+    torch.manual_seed(0)
+    embeddings = clip_text_embeddings("ViT-B-16-SigLIP", None, names, templates=("a {} in a room.",),
+                                      allow_random=True, cache_dir=cache)
+    torch.manual_seed(0)  # the same random weights
+    model = open_clip.create_model("ViT-B-16-SigLIP", pretrained=None, pretrained_text=False).eval()
+    with torch.no_grad():
+        expected = F.normalize(model.encode_text(reference_tokens([f"a {n} in a room" for n in names])), dim=-1)
+    assert embeddings.shape == (3, 768)
+    torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=1e-5)

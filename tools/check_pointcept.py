@@ -21,7 +21,7 @@ and compares with scene_kd:
   training mode (float64 by default).
 
 Needs what Pointcept's SpUNet and ScanNet code import: spconv, torch_geometric, timm, termcolor,
-scipy (pip install spconv torch_geometric timm termcolor). The comparison uses one torch thread
+scipy (pip install -e .[pointcept-check]). The comparison uses one torch thread
 (spconv's CPU forward is wrong with more). Prints a table; exits 1 when a check fails (one line
 saying which) or on bad input (one line naming the file), 2 on a usage error.
 """
