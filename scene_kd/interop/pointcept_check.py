@@ -273,14 +273,27 @@ def check_input_features(feat: torch.Tensor, data_root: Path, scene: str, featur
                     f"({settings}){advice}", ok)
 
 
+def _train_dataset(code: PointceptCode, data_root: Path, **subset_file: str):
+    """Pointcept's ScanNetDataset of the train split with an `lr_file` or `la_file`."""
+    with quiet_pointcept_logger():
+        return code.build_dataset({"type": "ScanNetDataset", "split": "train", "data_root": str(data_root),
+                                   **subset_file})
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _scene_list_rows(code, data_root: Path, tasks: Path, subsets: Path) -> list[CheckRow]:
     rows = []
     for lr_file in sorted((tasks / "scenes").glob("*.txt")):
-        with quiet_pointcept_logger():
-            dataset = code.build_dataset({"type": "ScanNetDataset", "split": "train", "data_root": str(data_root),
-                                          "lr_file": str(lr_file)})
+        dataset = _train_dataset(code, data_root, lr_file=str(lr_file))
         found = sorted(os.path.basename(p) for p in dataset.data_list)
-        ours = subsets / scene_subset_name(float(lr_file.stem))
+        percent = _number(lr_file.stem)
+        ours = subsets / (scene_subset_name(percent) if percent is not None else f"{lr_file.stem} (not scene_kd's)")
         listed = sorted(read_scene_subset(ours)) if ours.is_file() else None
         ok = listed is None or found == listed
         against = f"{ours.name} lists {len(listed)}" if listed is not None else f"no {ours.name} to compare"
@@ -297,10 +310,9 @@ def _labelled_points(dataset, index: int) -> np.ndarray:
 def _point_file_rows(code, data_root: Path, tasks: Path, subsets: Path) -> list[CheckRow]:
     rows = []
     for la_file in sorted((tasks / "points").glob("points*")):
-        with quiet_pointcept_logger():
-            dataset = code.build_dataset({"type": "ScanNetDataset", "split": "train", "data_root": str(data_root),
-                                          "la_file": str(la_file)})
-        ours_path = subsets / point_subset_name(int(la_file.name[len("points"):]))
+        dataset = _train_dataset(code, data_root, la_file=str(la_file))
+        count = _number(la_file.name[len("points"):])
+        ours_path = subsets / (point_subset_name(int(count)) if count is not None else f"{la_file.name} (not scene_kd's)")
         ours = read_point_subset(ours_path) if ours_path.is_file() else None
         total, differ = 0, []
         for index, path in enumerate(dataset.data_list):
