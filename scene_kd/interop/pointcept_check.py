@@ -185,6 +185,17 @@ def quiet_pointcept_logger() -> Iterator[None]:
 
 
 @contextmanager
+def seeded_numpy(seed: int) -> Iterator[None]:
+    """numpy's global generator seeded (Pointcept's transforms draw from it), restored afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+@contextmanager
 def one_torch_thread() -> Iterator[None]:
     """spconv's CPU forward is only correct with one torch thread."""
     threads = torch.get_num_threads()
@@ -221,9 +232,9 @@ def compare_outputs(pointcept_model: nn.Module, ours: SpUNet, dataset, scenes: i
     largest |difference| of the outputs relative to the largest |output|, against TOLERANCE[dtype]."""
     theirs_net, ours = copy.deepcopy(pointcept_model.backbone).to(dtype), copy.deepcopy(ours).to(dtype)
     rows = []
-    np.random.seed(0)  # Pointcept's GridSample(mode="train") picks a random point per voxel
     for index in range(min(scenes, len(dataset))):
-        with quiet_pointcept_logger():
+        # Pointcept's GridSample(mode="train") picks a random point per voxel
+        with quiet_pointcept_logger(), seeded_numpy(index):
             item = dataset[index]
         name = os.path.basename(dataset.data_list[index])
         rows.append(check_input_features(torch.as_tensor(item["feat"]), Path(dataset.data_root), name, features))
