@@ -10,7 +10,8 @@ The policy, `SCENE_KD_CPU_THREADS`:
 - `auto` (the tools' default): OpenMP threads spin for at most `GOMP_SPINCOUNT=10000` iterations
   (microseconds) before they sleep, set when the tool starts (OpenMP reads it once, when torch loads
   it); and on the CPU the training loop uses one thread per core that other processes leave idle,
-  measured from /proc/stat every few seconds and adjusted as they come and go (`CpuThreadsHook`), never
+  measured from /proc/stat every few seconds and adjusted as they come and go (`CpuThreadFollower`: in
+  the shared loop as `CpuThreadsHook`, in the demo's 2D-teacher and in-world CLIP loops directly), never
   more than torch's own default (one per physical core);
 - a number N: N threads (`OMP_NUM_THREADS=N`), the same short spin, no adjustment;
 - `keep`: nothing is changed (the runtime's defaults: one thread per core, long spin).
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 POLICY_VARIABLE = "SCENE_KD_CPU_THREADS"
 SHORT_SPIN = "10000"
@@ -123,3 +126,60 @@ def adjusts_threads(environ: Mapping[str, str] | None = None) -> bool:
     environment and no OMP_NUM_THREADS of the user's."""
     environ = os.environ if environ is None else environ
     return environ.get(POLICY_VARIABLE, "").strip().lower() == "auto" and "OMP_NUM_THREADS" not in environ
+
+
+class CpuThreadFollower:
+    """A CPU loop's torch thread count following other processes' load: `start()` before the loop,
+    `tick()` after each step, `stop()` at the end (or `with CpuThreadFollower() as follower:`). The load is
+    measured over the first `first_s` seconds, then every `every_s` seconds; the count is one thread per
+    core left idle (`auto_threads`), never above the count at the start, which `stop()` restores. A
+    one-line note (`announce`) says so the first time it goes down. Disabled (every call a no-op) unless
+    `enabled` (default: `adjusts_threads()`, the tools' policy)."""
+
+    def __init__(self, first_s: float = 2.0, every_s: float = 10.0, *, enabled: bool | None = None,
+                 what: str = "training", load_factory: Callable[[], Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic, cpu_count: int | None = None,
+                 announce: Callable[[str], None] | None = print) -> None:
+        self.first_s, self.every_s, self.what, self.clock = first_s, every_s, what, clock
+        self.enabled = adjusts_threads() if enabled is None else enabled
+        self.cpu_count = cpu_count or os.cpu_count() or 1
+        self.load_factory = load_factory or OtherProcessesLoad
+        self.announce = announce
+        self.original: int | None = None
+
+    def start(self) -> CpuThreadFollower:
+        if self.enabled:
+            import torch
+
+            self.original = torch.get_num_threads()
+            self.load = self.load_factory()
+            self.next_check = self.clock() + self.first_s
+            self.noted = False
+        return self
+
+    def tick(self) -> None:
+        if self.original is None or self.clock() < self.next_check:
+            return
+        import torch
+
+        self.next_check = self.clock() + self.every_s
+        threads = auto_threads(self.original, self.load.sample(), self.cpu_count)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+            if threads < self.original and not self.noted and self.announce is not None:
+                self.noted = True
+                self.announce(f"note: other processes keep {self.original - threads} of {self.original} cores busy: "
+                              f"{self.what} on {threads} CPU thread(s) while they do (SCENE_KD_CPU_THREADS=N fixes N)")
+
+    def stop(self) -> None:
+        if self.original is not None:
+            import torch
+
+            torch.set_num_threads(self.original)
+            self.original = None
+
+    def __enter__(self) -> CpuThreadFollower:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scene_kd.cpu_threads import (
     POLICY_VARIABLE,
+    CpuThreadFollower,
     OtherProcessesLoad,
     adjusts_threads,
     apply_cpu_thread_policy,
@@ -116,6 +119,39 @@ def test_the_hook_follows_the_load_and_restores_the_thread_count():
         torch.set_num_threads(1)
         hook.after_train(trainer)
         assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(original)
+
+
+def test_the_follower_is_off_without_the_policy_and_follows_with_it(monkeypatch, capsys, tmp_path):
+    """Library loops (the demo's 2D teacher, the in-world CLIP) change nothing unless the tools' policy
+    SCENE_KD_CPU_THREADS=auto is in the environment; with it they follow the load like the hook."""
+    import torch
+
+    from scene_kd.transfer import frame_teacher
+
+    original = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(POLICY_VARIABLE, raising=False)
+    assert CpuThreadFollower().enabled is False
+    monkeypatch.setenv(POLICY_VARIABLE, "auto")
+    assert CpuThreadFollower().enabled is True
+
+    during = []
+    loads = iter([1.0] * 1000)  # one of two logical CPUs busy with another process at every check
+    follower = partial(CpuThreadFollower, first_s=0.0, every_s=0.0, load_factory=lambda: FakeLoad(loads), cpu_count=2)
+    monkeypatch.setattr(frame_teacher, "CpuThreadFollower", follower)
+    segment = frame_teacher.segment_frames
+    monkeypatch.setattr(frame_teacher, "segment_frames",
+                        lambda *a: during.append(torch.get_num_threads()) or segment(*a))
+    frames = {"images": np.zeros((4, 16, 16, 3), np.uint8), "labels": np.zeros((4, 16, 16), np.int64)}
+    try:
+        torch.set_num_threads(2)
+        frame_teacher.train_frame_teacher(frames, tmp_path / "teacher.pth", steps=4, batch_size=2, out_channels=4,
+                                          width=4, progress=False)
+        assert during == [2, 1, 1, 1]  # the first step before any measurement, then one thread
+        assert torch.get_num_threads() == 2  # restored
+        assert "other processes keep 1 of 2 cores busy: training the 2D teacher on 1 CPU thread(s)" in capsys.readouterr().out
     finally:
         torch.set_num_threads(original)
 

@@ -1,4 +1,4 @@
-"""Check that Pointcept, as you have it checked out, finetunes from scene_kd's output.
+r"""Check that Pointcept, as you have it checked out, finetunes from scene_kd's output.
 
     python tools/check_pointcept.py runs/ppkt_spunet/checkpoints/last.pth \
         --pointcept-root ~/Pointcept --data data/processed

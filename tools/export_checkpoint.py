@@ -1,4 +1,4 @@
-"""Export a student's weights to finetune them in another codebase.
+r"""Export a student's weights to finetune them in another codebase.
 
     python tools/export_checkpoint.py runs/ppkt_spunet/checkpoints/last.pth --to pointcept-spunet \
         --out spunet_ppkt.pth --in-channels 6

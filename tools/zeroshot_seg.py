@@ -1,4 +1,4 @@
-"""Zero-shot 3D semantic segmentation from CLIP text with a concept-distillation checkpoint.
+r"""Zero-shot 3D semantic segmentation from CLIP text with a concept-distillation checkpoint.
 
     python tools/zeroshot_seg.py --checkpoint runs/concept_clip_vitb16/checkpoints/last.pth \
         --data-root data/processed --split val --clip-model ViT-B-16 \

@@ -7,15 +7,12 @@ checkpoint hook writes the step and best checkpoints.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from scene_kd.cpu_threads import OtherProcessesLoad, adjusts_threads, auto_threads
+from scene_kd.cpu_threads import CpuThreadFollower, adjusts_threads
 from scene_kd.engine import distributed as dist_utils
 from scene_kd.engine.checkpoint import save_best_checkpoint, save_checkpoint
 from scene_kd.engine.schema import TrainConfig
@@ -27,42 +24,31 @@ def is_last_or_every(step: int, every: int, last: int) -> bool:
 
 
 class CpuThreadsHook(HookBase):
-    """On the CPU, one torch thread per core that other processes leave idle (`scene_kd.cpu_threads`):
-    the load of other processes is measured over the first `first_s` seconds of training, then every
-    `every_s` seconds, and the thread count follows it, never above the count at the start, which is
-    restored at the end. Added by `default_hooks` where `adjusts_threads()` (the tools' default)."""
+    """On the CPU, one torch thread per core that other processes leave idle: `CpuThreadFollower`
+    (scene_kd.cpu_threads) started before training, ticked after every step, stopped at the end (the
+    count at the start restored; the note from the main process only). Added by `default_hooks` where
+    `adjusts_threads()` (the tools' default)."""
 
     def __init__(self, first_s: float = 2.0, every_s: float = 10.0, load_factory: Callable[[], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, cpu_count: int | None = None) -> None:
-        self.first_s, self.every_s, self.clock = first_s, every_s, clock
-        self.cpu_count = cpu_count or os.cpu_count() or 1
-        self.load_factory = load_factory or OtherProcessesLoad
-        self.original: int | None = None
+        self.settings = {"first_s": first_s, "every_s": every_s, "load_factory": load_factory, "clock": clock,
+                         "cpu_count": cpu_count}
+        self.follower: CpuThreadFollower | None = None
 
     def before_train(self, trainer: Trainer) -> None:
         if trainer.device.type != "cpu":
             return
-        self.original = torch.get_num_threads()
-        self.load = self.load_factory()
-        self.next_check = self.clock() + self.first_s
-        self.noted = False
+        announce = print if dist_utils.is_main_process() else None
+        self.follower = CpuThreadFollower(enabled=True, announce=announce, **self.settings).start()
 
     def after_step(self, trainer: Trainer) -> None:
-        if self.original is None or self.clock() < self.next_check:
-            return
-        self.next_check = self.clock() + self.every_s
-        threads = auto_threads(self.original, self.load.sample(), self.cpu_count)
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
-            if threads < self.original and not self.noted and dist_utils.is_main_process():
-                self.noted = True
-                print(f"note: other processes keep {self.original - threads} of {self.original} cores busy: "
-                      f"training on {threads} CPU thread(s) while they do (SCENE_KD_CPU_THREADS=N fixes N)")
+        if self.follower is not None:
+            self.follower.tick()
 
     def after_train(self, trainer: Trainer) -> None:
-        if self.original is not None:
-            torch.set_num_threads(self.original)
-            self.original = None
+        if self.follower is not None:
+            self.follower.stop()
+            self.follower = None
 
 
 class MetricsHook(HookBase):

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from scene_kd.atomic import write_bytes_atomic
+from scene_kd.cpu_threads import CpuThreadFollower
 from scene_kd.models.teachers.base import IMAGENET_MEAN, IMAGENET_STD
 from scene_kd.models.teachers.frame_encoder import frame_encoder
 
@@ -94,22 +95,24 @@ def train_frame_teacher(
     encoder.train()
     classifier.train()
     bar = tqdm(range(steps), desc="2D teacher", unit="step", disable=not progress)
-    for _ in bar:
-        pick = rng.choice(len(images), size=min(batch_size, len(images)), replace=False)
-        x = torch.from_numpy(images[pick])
-        y = torch.from_numpy(labels[pick])
-        flip = torch.from_numpy(rng.random(len(pick)) < 0.5)
-        x[flip] = x[flip].flip(2)
-        y[flip] = y[flip].flip(2)
-        loss = F.cross_entropy(segment_frames(encoder, classifier, normalize_images(x)), y, ignore_index=-1)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"2D teacher: non-finite loss at step {len(losses)}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    with CpuThreadFollower(what="training the 2D teacher") as threads:  # SCENE_KD_CPU_THREADS=auto: follow the load
+        for _ in bar:
+            pick = rng.choice(len(images), size=min(batch_size, len(images)), replace=False)
+            x = torch.from_numpy(images[pick])
+            y = torch.from_numpy(labels[pick])
+            flip = torch.from_numpy(rng.random(len(pick)) < 0.5)
+            x[flip] = x[flip].flip(2)
+            y[flip] = y[flip].flip(2)
+            loss = F.cross_entropy(segment_frames(encoder, classifier, normalize_images(x)), y, ignore_index=-1)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"2D teacher: non-finite loss at step {len(losses)}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            threads.tick()
     metrics: dict = {"loss": losses, "steps": steps, "train_frames": int(len(images))}
     if val_frames is not None:
         pred = predict_frames(encoder, classifier, val_frames["images"])

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from scene_kd.atomic import atomic_path, write_text_atomic
+from scene_kd.cpu_threads import CpuThreadFollower, adjusts_threads
 from scene_kd.engine.seeding import step_generator
 from scene_kd.models.teachers.base import CLIP_MEAN, CLIP_STD
 from scene_kd.models.teachers.clip import (
@@ -246,21 +247,24 @@ def train_world_clip(pairs: dict, out_dir: str | os.PathLike, *, model_config: d
                "cpu_seconds": cpu_seconds, "settings": settings}, checkpoint_path)
 
     bar = tqdm(range(start, steps), desc="world CLIP", unit="step", disable=not progress, initial=start, total=steps)
-    for step in bar:
-        began, began_cpu = time.perf_counter(), time.process_time()
-        generator = step_generator(seed, step)
-        pick = torch.randperm(len(images_all), generator=generator)[: min(batch_size, len(images_all))]
-        images = to_float_images(images_all[pick])
-        if augment:
-            images = augment_images(images, generator)
-        loss = clip_step(model, loss_fn, optimizer, normalize_clip_images(images.to(device)), tokens[pick].to(device))
-        scheduler.step()
-        losses.append(loss)
-        seconds += time.perf_counter() - began
-        cpu_seconds += time.process_time() - began_cpu
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            save_state(step + 1)
+    follow = adjusts_threads() and torch.device(device).type == "cpu"  # SCENE_KD_CPU_THREADS=auto
+    with CpuThreadFollower(enabled=follow, what="training the world CLIP") as threads:
+        for step in bar:
+            began, began_cpu = time.perf_counter(), time.process_time()
+            generator = step_generator(seed, step)
+            pick = torch.randperm(len(images_all), generator=generator)[: min(batch_size, len(images_all))]
+            images = to_float_images(images_all[pick])
+            if augment:
+                images = augment_images(images, generator)
+            loss = clip_step(model, loss_fn, optimizer, normalize_clip_images(images.to(device)), tokens[pick].to(device))
+            scheduler.step()
+            losses.append(loss)
+            seconds += time.perf_counter() - began
+            cpu_seconds += time.process_time() - began_cpu
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            threads.tick()
+            if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+                save_state(step + 1)
     metrics = {"loss": losses, "steps": steps, "seconds": seconds, "cpu_seconds": cpu_seconds,
                "pairs": len(pairs["texts"]), "weights": str(out / WEIGHTS_NAME), "model_config": str(config_path)}
     _save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, out / WEIGHTS_NAME)
