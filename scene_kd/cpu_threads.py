@@ -11,7 +11,8 @@ The policy, `SCENE_KD_CPU_THREADS`:
   (microseconds) before they sleep, set when the tool starts (OpenMP reads it once, when torch loads
   it); and on the CPU the training loop uses one thread per core that other processes leave idle,
   measured from /proc/stat every few seconds and adjusted as they come and go (`CpuThreadFollower`: in
-  the shared loop as `CpuThreadsHook`, in the demo's 2D-teacher and in-world CLIP loops directly), never
+  the shared loop as `CpuThreadsHook`; in evaluation and the demo's 2D-teacher and in-world CLIP loops
+  through `follow_cpu_load`), never
   more than torch's own default (one per physical core);
 - a number N: N threads (`OMP_NUM_THREADS=N`), the same short spin, no adjustment;
 - `keep`: nothing is changed (the runtime's defaults: one thread per core, long spin).
@@ -183,3 +184,14 @@ class CpuThreadFollower:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def follow_cpu_load(device, what: str) -> CpuThreadFollower:
+    """The follower of a loop outside the shared trainer (evaluation, the demo's own training loops):
+    enabled under the tools' policy when `device` is the CPU; the note from the main process only."""
+    import torch
+
+    from scene_kd.engine import distributed as dist_utils
+
+    enabled = adjusts_threads() and torch.device(device).type == "cpu"
+    return CpuThreadFollower(enabled=enabled, what=what, announce=print if dist_utils.is_main_process() else None)

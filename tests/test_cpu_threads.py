@@ -123,37 +123,64 @@ def test_the_hook_follows_the_load_and_restores_the_thread_count():
         torch.set_num_threads(original)
 
 
-def test_the_follower_is_off_without_the_policy_and_follows_with_it(monkeypatch, capsys, tmp_path):
-    """Library loops (the demo's 2D teacher, the in-world CLIP) change nothing unless the tools' policy
-    SCENE_KD_CPU_THREADS=auto is in the environment; with it they follow the load like the hook."""
+@pytest.fixture
+def one_of_two_cpus_busy(monkeypatch):
+    """The tools' policy in the environment, and every follower measuring one of two logical CPUs busy
+    with another process at each check, from the first step on. Restores torch's thread count."""
+    import torch
+
+    from scene_kd import cpu_threads
+
+    original = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv(POLICY_VARIABLE, "auto")
+    loads = iter([1.0] * 1000)
+    monkeypatch.setattr(cpu_threads, "CpuThreadFollower", partial(
+        CpuThreadFollower, first_s=0.0, every_s=0.0, load_factory=lambda: FakeLoad(loads), cpu_count=2))
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(original)
+
+
+def test_the_follower_is_off_without_the_policy(monkeypatch):
+    """Library loops change nothing unless the tools' policy SCENE_KD_CPU_THREADS=auto is in the environment."""
+    from scene_kd.cpu_threads import follow_cpu_load
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(POLICY_VARIABLE, raising=False)
+    assert not CpuThreadFollower().enabled and not follow_cpu_load("cpu", "x").enabled
+    monkeypatch.setenv(POLICY_VARIABLE, "auto")
+    assert CpuThreadFollower().enabled and follow_cpu_load("cpu", "x").enabled
+    assert not follow_cpu_load("cuda", "x").enabled  # the GPU's loop leaves the CPU threads alone
+
+
+def test_the_demos_2d_teacher_follows_the_load(one_of_two_cpus_busy, monkeypatch, capsys, tmp_path):
     import torch
 
     from scene_kd.transfer import frame_teacher
 
-    original = torch.get_num_threads()
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv(POLICY_VARIABLE, raising=False)
-    assert CpuThreadFollower().enabled is False
-    monkeypatch.setenv(POLICY_VARIABLE, "auto")
-    assert CpuThreadFollower().enabled is True
-
     during = []
-    loads = iter([1.0] * 1000)  # one of two logical CPUs busy with another process at every check
-    follower = partial(CpuThreadFollower, first_s=0.0, every_s=0.0, load_factory=lambda: FakeLoad(loads), cpu_count=2)
-    monkeypatch.setattr(frame_teacher, "CpuThreadFollower", follower)
     segment = frame_teacher.segment_frames
     monkeypatch.setattr(frame_teacher, "segment_frames",
                         lambda *a: during.append(torch.get_num_threads()) or segment(*a))
     frames = {"images": np.zeros((4, 16, 16, 3), np.uint8), "labels": np.zeros((4, 16, 16), np.int64)}
-    try:
-        torch.set_num_threads(2)
-        frame_teacher.train_frame_teacher(frames, tmp_path / "teacher.pth", steps=4, batch_size=2, out_channels=4,
-                                          width=4, progress=False)
-        assert during == [2, 1, 1, 1]  # the first step before any measurement, then one thread
-        assert torch.get_num_threads() == 2  # restored
-        assert "other processes keep 1 of 2 cores busy: training the 2D teacher on 1 CPU thread(s)" in capsys.readouterr().out
-    finally:
-        torch.set_num_threads(original)
+    frame_teacher.train_frame_teacher(frames, tmp_path / "teacher.pth", steps=4, batch_size=2, out_channels=4,
+                                      width=4, progress=False)
+    assert during == [2, 1, 1, 1]  # the first step before any measurement, then one thread
+    assert torch.get_num_threads() == 2  # restored
+    assert "other processes keep 1 of 2 cores busy: training the 2D teacher on 1 CPU thread(s)" in capsys.readouterr().out
+
+
+def test_evaluation_follows_the_load(one_of_two_cpus_busy, monkeypatch):
+    import torch
+
+    from scene_kd.eval import segmentation
+
+    during = []
+    monkeypatch.setattr(segmentation, "_evaluate_scene", lambda *args: during.append(torch.get_num_threads()))
+    scenes = type("Scenes", (list,), {"voxel_size": 0.05})([{}] * 4)
+    segmentation.evaluate_segmentation(torch.nn.Identity(), None, scenes, torch.device("cpu"), 1000, 0.1)
+    assert during == [2, 1, 1, 1] and torch.get_num_threads() == 2
 
 
 TOOL_CHECK = """

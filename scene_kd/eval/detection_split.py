@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from scene_kd.cpu_threads import follow_cpu_load
 from scene_kd.data.det_dataset import DetectionDataset, collate_detection, transform_boxes
 from scene_kd.engine import distributed as dist_utils
 from scene_kd.eval.detection import evaluate_detection, write_detection_outputs
@@ -29,16 +30,18 @@ def predict_dataset(model: nn.Module, backend: SparseBackend, dataset: Detection
     was_training = model.training
     model.eval()
     predictions = {}
-    for index in range(dist_utils.rank(), len(dataset), dist_utils.world_size()):
-        batch = collate_detection([dataset[index]])
-        levels = model(backend.sparse_tensor(batch["features"].to(device), batch["coordinates"].to(device)))
-        boxes, scores, labels = predict_boxes(levels, 0, score_threshold=eval_cfg.score_threshold,
-                                              nms_iou=eval_cfg.nms_iou, nms_pre=eval_cfg.nms_pre,
-                                              max_boxes=eval_cfg.max_boxes)
-        metres = boxes.double().cpu().numpy() * dataset.voxel_size
-        predictions[batch["scene_ids"][0]] = {
-            "boxes": transform_boxes(metres, batch["to_aligned"][0].numpy()),
-            "scores": scores.double().cpu().numpy(), "labels": labels.cpu().numpy()}
+    with follow_cpu_load(device, "evaluating") as threads:
+        for index in range(dist_utils.rank(), len(dataset), dist_utils.world_size()):
+            batch = collate_detection([dataset[index]])
+            levels = model(backend.sparse_tensor(batch["features"].to(device), batch["coordinates"].to(device)))
+            boxes, scores, labels = predict_boxes(levels, 0, score_threshold=eval_cfg.score_threshold,
+                                                  nms_iou=eval_cfg.nms_iou, nms_pre=eval_cfg.nms_pre,
+                                                  max_boxes=eval_cfg.max_boxes)
+            metres = boxes.double().cpu().numpy() * dataset.voxel_size
+            predictions[batch["scene_ids"][0]] = {
+                "boxes": transform_boxes(metres, batch["to_aligned"][0].numpy()),
+                "scores": scores.double().cpu().numpy(), "labels": labels.cpu().numpy()}
+            threads.tick()
     model.train(was_training)
     return predictions
 

@@ -10,11 +10,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from scene_kd.cpu_threads import follow_cpu_load
 from scene_kd.data.seg_dataset import SegmentationDataset
 from scene_kd.engine import distributed as dist_utils
 from scene_kd.eval.inference import predict_scene
 from scene_kd.eval.semseg import SemanticConfusion, write_label_ply, write_submission
 from scene_kd.sparse.backend import SparseBackend
+
+
+def _evaluate_scene(model: nn.Module, backend: SparseBackend, dataset: SegmentationDataset, sample: dict,
+                    device: torch.device, chunk_voxels: int, margin: int, confusion: SemanticConfusion,
+                    out_dir: str | os.PathLike | None, write_ply: bool) -> None:
+    """One scene of `evaluate_segmentation`: predict, add to `confusion`, write its files."""
+    logits = predict_scene(model, backend, torch.as_tensor(sample["coords"]), torch.as_tensor(sample["feats"]),
+                           device, chunk_voxels=chunk_voxels, margin_voxels=margin)
+    point_pred = logits.argmax(1)[torch.as_tensor(sample["inverse_map"])].numpy()
+    point_labels = np.asarray(sample["point_labels"])
+    confusion.update(point_pred, point_labels)
+    if out_dir is not None:
+        write_submission(Path(out_dir) / "submission", sample["scene_id"], point_pred)
+    if out_dir is not None and write_ply:
+        out = Path(out_dir)
+        (out / "ply").mkdir(parents=True, exist_ok=True)
+        coord = np.load(Path(dataset.root) / sample["scene_id"] / "coord.npy")
+        write_label_ply(out / "ply" / f"{sample['scene_id']}_pred.ply", coord, point_pred)
+        write_label_ply(out / "ply" / f"{sample['scene_id']}_gt.ply", coord, point_labels)
 
 
 @torch.no_grad()
@@ -36,21 +56,11 @@ def evaluate_segmentation(model: nn.Module, backend: SparseBackend, dataset: Seg
     if progress:
         from tqdm import tqdm
         indices = tqdm(indices, desc="evaluate", unit="scene")
-    for index in indices:
-        sample = dataset[index]
-        logits = predict_scene(model, backend, torch.as_tensor(sample["coords"]), torch.as_tensor(sample["feats"]),
-                               device, chunk_voxels=chunk_voxels, margin_voxels=margin)
-        point_pred = logits.argmax(1)[torch.as_tensor(sample["inverse_map"])].numpy()
-        point_labels = np.asarray(sample["point_labels"])
-        confusion.update(point_pred, point_labels)
-        if out_dir is not None:
-            write_submission(Path(out_dir) / "submission", sample["scene_id"], point_pred)
-        if out_dir is not None and write_ply:
-            out = Path(out_dir)
-            (out / "ply").mkdir(parents=True, exist_ok=True)
-            coord = np.load(Path(dataset.root) / sample["scene_id"] / "coord.npy")
-            write_label_ply(out / "ply" / f"{sample['scene_id']}_pred.ply", coord, point_pred)
-            write_label_ply(out / "ply" / f"{sample['scene_id']}_gt.ply", coord, point_labels)
+    with follow_cpu_load(device, "evaluating") as threads:
+        for index in indices:
+            _evaluate_scene(model, backend, dataset, dataset[index], device, chunk_voxels, margin, confusion,
+                            out_dir, write_ply)
+            threads.tick()
     if dist_utils.world_size() > 1:
         matrix = torch.as_tensor(confusion.matrix, device=device)
         torch.distributed.all_reduce(matrix)

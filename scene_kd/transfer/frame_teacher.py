@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from scene_kd.atomic import write_bytes_atomic
-from scene_kd.cpu_threads import CpuThreadFollower
+from scene_kd.cpu_threads import follow_cpu_load
 from scene_kd.models.teachers.base import IMAGENET_MEAN, IMAGENET_STD
 from scene_kd.models.teachers.frame_encoder import frame_encoder
 
@@ -95,7 +95,7 @@ def train_frame_teacher(
     encoder.train()
     classifier.train()
     bar = tqdm(range(steps), desc="2D teacher", unit="step", disable=not progress)
-    with CpuThreadFollower(what="training the 2D teacher") as threads:  # SCENE_KD_CPU_THREADS=auto: follow the load
+    with follow_cpu_load("cpu", "training the 2D teacher") as threads:  # under SCENE_KD_CPU_THREADS=auto
         for _ in bar:
             pick = rng.choice(len(images), size=min(batch_size, len(images)), replace=False)
             x = torch.from_numpy(images[pick])

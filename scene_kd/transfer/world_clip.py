@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from scene_kd.atomic import atomic_path, write_text_atomic
-from scene_kd.cpu_threads import CpuThreadFollower, adjusts_threads
+from scene_kd.cpu_threads import follow_cpu_load
 from scene_kd.engine.seeding import step_generator
 from scene_kd.models.teachers.base import CLIP_MEAN, CLIP_STD
 from scene_kd.models.teachers.clip import (
@@ -247,8 +247,7 @@ def train_world_clip(pairs: dict, out_dir: str | os.PathLike, *, model_config: d
                "cpu_seconds": cpu_seconds, "settings": settings}, checkpoint_path)
 
     bar = tqdm(range(start, steps), desc="world CLIP", unit="step", disable=not progress, initial=start, total=steps)
-    follow = adjusts_threads() and torch.device(device).type == "cpu"  # SCENE_KD_CPU_THREADS=auto
-    with CpuThreadFollower(enabled=follow, what="training the world CLIP") as threads:
+    with follow_cpu_load(device, "training the world CLIP") as threads:  # under SCENE_KD_CPU_THREADS=auto
         for step in bar:
             began, began_cpu = time.perf_counter(), time.process_time()
             generator = step_generator(seed, step)
