@@ -26,7 +26,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +196,17 @@ def follow_cpu_load(device, what: str) -> CpuThreadFollower:
 
     enabled = adjusts_threads() and torch.device(device).type == "cpu"
     return CpuThreadFollower(enabled=enabled, what=what, announce=print if dist_utils.is_main_process() else None)
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread inside the block, its count restored after (spconv's CPU forward is correct
+    only with one thread; the tests that compare with spconv and the Pointcept check use it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -14,7 +14,7 @@ spconv = pytest.importorskip("spconv.pytorch",
                              reason="needs spconv 2.x (pip install -e .[dev]), the oracle of these tests")
 
 from reference.pointcept_spunet import SpUNetBase  # noqa: E402
-from spconv_threads import one_torch_thread  # noqa: E402, F401 (autouse fixture)
+from torch_threads import one_torch_thread  # noqa: E402, F401 (autouse fixture)
 
 from scene_kd.finetune.init_weights import init_from_checkpoint  # noqa: E402
 from scene_kd.interop.export import export_checkpoint  # noqa: E402

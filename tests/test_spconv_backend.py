@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("spconv.pytorch", reason="needs spconv 2.x (pip install -e .[dev]; spconv-cu12x on GPUs)")
 
-from spconv_threads import one_torch_thread  # noqa: E402, F401 (autouse fixture)
+from torch_threads import one_torch_thread  # noqa: E402, F401 (autouse fixture)
 
 from scene_kd.interop.spconv_layout import kernel_to_spconv  # noqa: E402
 from scene_kd.models import build_student  # noqa: E402

@@ -17,6 +17,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from torch_threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from scene_kd.config import load_config
 from scene_kd.distill.pretrain import build_student_and_teacher
@@ -56,14 +57,6 @@ from scene_kd.transfer.world_clip_data import (
 NAMES = ["wall", "floor", "chair", "table"]
 TINY = tiny_clip_config(image_size=32, patch_size=8, width=32, layers=2, head_width=16, embed_dim=32,
                         text_width=32, text_heads=2, text_layers=1, context_length=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -35,10 +35,12 @@ NOT_CONVERTIBLE = (
     "stride-2 convolutions keep it and a 1x1 shortcut widens), so no exact conversion exists")
 
 
-def read_student(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str | None, str]:
+def read_student(path: str | os.PathLike, checkpoint: Mapping | None = None,
+                 ) -> tuple[dict[str, torch.Tensor], str | None, str]:
     """(the student's state_dict, its name or None, the checkpoint in words) of a scene_kd pretraining
-    or segmentation checkpoint, a MinkowskiEngine-style `state_dict` file or a bare state_dict."""
-    checkpoint = load_checkpoint(path)
+    or segmentation checkpoint, a MinkowskiEngine-style `state_dict` file or a bare state_dict.
+    checkpoint: the file's content when already loaded (else it is read from `path`)."""
+    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     check_checkpoint(checkpoint, path, kinds=("pretraining", "segmentation", None), purpose="export",
                      advice="export the pretraining checkpoint it was initialised from")
     try:
@@ -87,13 +89,14 @@ def _checked_minkunet(state: dict[str, torch.Tensor], name: str | None, path, wh
         load_weights(net, state, path, f"a {name} student")
 
 
-def prepare_export(path: str | os.PathLike, to: str, *, include_head: bool = True,
-                   in_channels: int | None = None) -> tuple[dict, dict[str, torch.Tensor], str | None, str]:
+def prepare_export(path: str | os.PathLike, to: str, *, include_head: bool = True, in_channels: int | None = None,
+                   checkpoint: Mapping | None = None) -> tuple[dict, dict[str, torch.Tensor], str | None, str]:
     """(the checkpoint to write in format `to`, the student's scene_kd state_dict it holds, the
-    student's name or None, the layout in words) for the checkpoint at `path`; see `export_checkpoint`."""
+    student's name or None, the layout in words) for the checkpoint at `path` (its content
+    `checkpoint` when already loaded); see `export_checkpoint`."""
     if to not in FORMATS:
         raise ValueError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
-    state, name, what = read_student(path)
+    state, name, what = read_student(path, checkpoint)
     check = _checked_spunet if to == "pointcept-spunet" else _checked_minkunet
     check(state, name, path, what)
     if not include_head:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from scene_kd.cpu_threads import one_torch_thread
 from scene_kd.data.scenes import (
     input_features,
     load_scene,
@@ -49,7 +50,7 @@ from scene_kd.data.subsets import point_subset_name, scene_subset_name
 from scene_kd.engine.checkpoint import load_checkpoint
 from scene_kd.engine.checkpoint_checks import load_weights
 from scene_kd.interop.export import prepare_export, read_student
-from scene_kd.interop.pointcept import from_pointcept, pointcept_backbone_state
+from scene_kd.interop.pointcept import SPUNET_STEM_KERNEL, from_pointcept, pointcept_backbone_state
 from scene_kd.interop.pointcept_checkout import PointceptCode, pointcept_weight_keys, read_pointcept_config
 from scene_kd.models.spunet import SPUNET_NAME, SpUNet, spunet_kwargs_from_state
 from scene_kd.sparse import SparseTensor
@@ -80,21 +81,24 @@ def backbone_config(config: Mapping, path: str | os.PathLike) -> dict:
     return copy.deepcopy(dict(backbone))
 
 
-def data_config(config: Mapping, path: str | os.PathLike, split: str, data_root: Path, **extra) -> dict:
-    """The config's `data.<split>` data set with `data_root` (and `extra`) replaced."""
+def data_config(config: Mapping, path: str | os.PathLike, split: str, data_root: Path) -> dict:
+    """The config's `data.<split>` data set with `data_root` replaced."""
     data = config.get("data")
     if not isinstance(data, Mapping) or not isinstance(data.get(split), Mapping):
         raise ValueError(f"{path}: no data.{split} in the config")
-    return {**copy.deepcopy(dict(data[split])), "data_root": str(data_root), **extra}
+    return {**copy.deepcopy(dict(data[split])), "data_root": str(data_root)}
 
 
 def _export_choices(state: Mapping[str, torch.Tensor], backbone: Mapping) -> tuple[bool, int | None]:
-    """(keep the head, stem width to export to) for a scene_kd student and the config's backbone."""
+    """(keep the head, stem width to export to) for a scene_kd student and the config's backbone (a
+    student without SpUNet's stem is refused by the export itself, with its reason)."""
     final = state.get("final.kernel")
     keep_head = final is not None and int(final.shape[1]) == int(backbone.get("num_classes", -1))
-    stem = int(state["conv_input.0.kernel"].shape[1])
-    wanted = int(backbone.get("in_channels", stem))
-    return keep_head, (wanted if wanted > stem else None)
+    stem = state.get(SPUNET_STEM_KERNEL)
+    if stem is None:
+        return keep_head, None
+    wanted = int(backbone.get("in_channels", stem.shape[1]))
+    return keep_head, (wanted if wanted > stem.shape[1] else None)
 
 
 @dataclass(frozen=True)
@@ -114,12 +118,9 @@ def weights_for_pointcept(path: str | os.PathLike, backbone: Mapping) -> Weights
     found = pointcept_backbone_state(checkpoint)
     if found is not None:
         return Weights(checkpoint, from_pointcept(found[0]), "an exported Pointcept file, loaded as it is", None)
-    state, _, _ = read_student(path)
-    if "conv_input.0.kernel" not in state:
-        raise ValueError(f"{path}: not a {SPUNET_NAME} student; pretrain with student.name={SPUNET_NAME} "
-                         "(docs/pointcept.md)")
-    keep_head, in_channels = _export_choices(state, backbone)
-    exported, state, _, _ = prepare_export(path, "pointcept-spunet", include_head=keep_head, in_channels=in_channels)
+    keep_head, in_channels = _export_choices(read_student(path, checkpoint)[0], backbone)
+    exported, state, _, _ = prepare_export(path, "pointcept-spunet", include_head=keep_head, in_channels=in_channels,
+                                           checkpoint=checkpoint)
     how = [f"stem widened to {in_channels} channels" if in_channels else "stem as trained",
            "head kept" if keep_head else "no head exported"]
     return Weights(exported, state, f"a scene_kd checkpoint exported in memory ({', '.join(how)})",
@@ -193,17 +194,6 @@ def seeded_numpy(seed: int) -> Iterator[None]:
         yield
     finally:
         np.random.set_state(state)
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """spconv's CPU forward is only correct with one torch thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def check_split(code: PointceptCode, config: Mapping, config_path, data_root: Path, split: str):
@@ -366,13 +356,9 @@ def run_pointcept_check(code: PointceptCode, checkpoint: str | os.PathLike, data
     rows = [CheckRow("weights", f"{weights.source}: {len(weights.for_pointcept['state_dict'])} tensors loaded by "
                      "CheckpointLoader's rule; "
                      + (f"fresh head: {', '.join(fresh)}" if fresh else "no tensor left fresh"))]
-    progress(f"  {rows[-1].what}: {rows[-1].result}")
     ours = scene_kd_network(weights.state, model, checkpoint)
-    for split in ("train", "val"):
-        row, dataset = check_split(code, config, config_path, data_root, split)
-        rows.append(row)
+    (train_row, _), (val_row, val_set) = (check_split(code, config, config_path, data_root, s) for s in ("train", "val"))
+    rows += [train_row, val_row, *check_tasks(code, data_root)]
+    for row in rows:
         progress(f"  {row.what}: {row.result}")
-    for row in check_tasks(code, data_root):
-        rows.append(row)
-        progress(f"  {row.what}: {row.result}")
-    return rows + compare_outputs(model, ours, dataset, scenes, dtype, weights.features, progress)
+    return rows + compare_outputs(model, ours, val_set, scenes, dtype, weights.features, progress)
