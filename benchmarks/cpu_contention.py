@@ -1,17 +1,23 @@
-"""Step time of the training tools on an idle CPU and beside one other CPU-bound process, under each
-CPU thread policy; prints a table with each row's ratio of loaded to idle step time.
+"""Step time of the training tools and of the loops outside the shared trainer on an idle CPU and
+beside one other CPU-bound process, under each CPU thread policy; prints a table with each row's ratio
+of loaded to idle step time.
 
-The tools (`tools/pretrain.py`, `tools/finetune_seg.py`, `tools/finetune_det.py`) run as the user runs
-them, as subprocesses, for `--steps` steps on a small synthetic world (the demo's sizes: MinkUNet14A at
-10 cm, one scene of about 15k voxels a pretraining step); the step time is the median of the steps'
-`samples_per_s` in metrics.jsonl (the first step, which builds caches, left out), turned into seconds.
-"Loaded": a `while True: pass` process runs for the whole measurement (one core of two busy).
+The training tools (`tools/pretrain.py`, `tools/finetune_seg.py`, `tools/finetune_det.py`) run as the
+user runs them, as subprocesses, for `--steps` steps on a small synthetic world (the demo's sizes:
+MinkUNet14A at 10 cm, one scene of about 15k voxels a pretraining step); the step time is the median of
+the steps' `samples_per_s` in metrics.jsonl (the first step, which builds caches, left out), turned
+into seconds. The loops (`evaluate`: whole-scene segmentation evaluation as `tools/finetune_seg.py
+--eval-only` runs it, a unit is one scene; `2d_teacher`: the demo's 2D-teacher training, a unit is one
+step) run in a worker process that sets the tools' policy first; see `run_loop`.
+Loads: `idle`; `loaded`: a `while True: pass` process started 1 s before the tool and running to its
+end (one core of two busy); `loaded-later`: the same process started 1.5 s after the tool's first
+step was logged (the loops: after their timed loop began), when its threads are already chosen.
 
 Policies (each a fresh process, set through the environment the tools read at start-up, see
 `scene_kd/cpu_threads.py` and docs/performance.md):
 - `tools`: what the tools do by default now (SCENE_KD_CPU_THREADS unset, so `auto`: short OpenMP spin,
-  and the training loop's thread count follows the other processes' load, checked after its first 2 s
-  and then every 10 s);
+  and the loop's thread count follows the other processes' load, checked after its first 2 s and then
+  every 2 s);
 - `openmp-default`: SCENE_KD_CPU_THREADS=keep, the runtime's own defaults (one thread per core,
   OpenMP threads spin before they sleep): what the tools did before;
 - `passive`: one thread per core, OMP_WAIT_POLICY=PASSIVE (threads sleep at once);
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -36,7 +43,11 @@ from scene_kd.atomic import write_text_atomic
 from scene_kd.cli import add_debug_flag, run_tool
 
 REPO = Path(__file__).resolve().parents[1]
-TOOLS = ("pretrain", "finetune_seg", "finetune_det")
+TRAINING_TOOLS = ("pretrain", "finetune_seg", "finetune_det")
+LOOPS = ("evaluate", "2d_teacher")  # loops outside the shared trainer, run in a worker process (see run_loop)
+TOOLS = TRAINING_TOOLS + LOOPS
+LOOP_UNITS = {"evaluate": 40, "2d_teacher": 80}  # scenes evaluated / teacher steps per run
+STARTED = "timed loop started"  # a loop worker's line when its timed loop begins
 POLICIES = {  # environment changes of each policy (None: remove the variable)
     "tools": {"SCENE_KD_CPU_THREADS": None, "OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None},
     "openmp-default": {"SCENE_KD_CPU_THREADS": "keep", "OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None},
@@ -44,7 +55,7 @@ POLICIES = {  # environment changes of each policy (None: remove the variable)
     "one-thread": {"SCENE_KD_CPU_THREADS": "keep", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": None},
 }
 LOADS = ("idle", "loaded", "loaded-later")
-LATER_S = 1.5  # "loaded-later": the busy process starts this long after the tool (its threads already chosen)
+LATER_S = 1.5  # "loaded-later": the busy process starts this long after the first step (threads already chosen)
 
 
 def prepare(work: Path) -> tuple[Path, Path]:
@@ -76,6 +87,87 @@ def tool_command(tool: str, processed: Path, teacher: Path, run_dir: Path, steps
             "data.val_split=null"]
 
 
+def loop_command(loop: str, work: Path, processed: Path) -> list[str]:
+    """A worker process that runs `loop` as the tools run it (see `run_loop`)."""
+    return [sys.executable, str(Path(__file__).resolve()), "--loop-worker", loop, "--work-dir", str(work),
+            "--processed", str(processed)]
+
+
+def run_loop(loop: str, work: Path, processed: Path) -> list[float]:
+    """In a worker process: set the tools' CPU-thread policy (before torch is imported, as every tool
+    does), then time each unit of `loop` on `processed`, the world of `prepare`:
+    - `evaluate`: whole-scene segmentation evaluation (`evaluate_segmentation`, as `tools/finetune_seg.py
+      --eval-only` and finetuning's validation run it) of a random MinkUNet14A at 10 cm, the validation
+      scenes repeated to LOOP_UNITS scenes; a unit is one scene;
+    - `2d_teacher`: the demo's 2D-teacher training (`train_frame_teacher`, the demo's sizes) for
+      LOOP_UNITS steps; a unit is one step.
+    The unit times are taken where the loop calls its `CpuThreadFollower.tick()` (once per unit), through
+    a wrapper around the loop module's `follow_cpu_load`; the first unit is left out by the caller."""
+    from scene_kd.cpu_threads import apply_cpu_thread_policy
+
+    if not apply_cpu_thread_policy():
+        raise RuntimeError("the loop worker imported torch before setting the CPU-thread policy")
+    import torch
+
+    from scene_kd.demo import demo_settings
+
+    ticks: list[float] = []
+
+    def timed_follower(follow):
+        def follow_and_time(device, what):
+            follower = follow(device, what)
+            tick = follower.tick
+
+            def timed_tick():
+                ticks.append(time.perf_counter())
+                tick()
+            follower.tick = timed_tick
+            print(STARTED, flush=True)
+            ticks.append(time.perf_counter())
+            return follower
+        return follow_and_time
+
+    settings = demo_settings(num_scenes=4, num_frames=24, teacher_steps=LOOP_UNITS["2d_teacher"])
+    if loop == "evaluate":
+        from scene_kd.data.seg_dataset import SegmentationDataset
+        from scene_kd.eval import segmentation
+        from scene_kd.models import build_student
+        from scene_kd.sparse import get_backend
+
+        scenes = SegmentationDataset(processed, "val", voxel_size=0.1, augment=False, max_voxels=None)
+        repeated = RepeatedScenes(scenes, LOOP_UNITS["evaluate"])
+        backend = get_backend("torch")
+        torch.manual_seed(0)
+        model = build_student("MinkUNet14A", in_channels=3, out_channels=20, backend=backend)
+        segmentation.follow_cpu_load = timed_follower(segmentation.follow_cpu_load)
+        segmentation.evaluate_segmentation(model, backend, repeated, torch.device("cpu"), chunk_voxels=400_000,
+                                           chunk_margin=1.0)
+    else:
+        from scene_kd.transfer import frame_teacher
+        from scene_kd.transfer.frame_labels import load_labelled_frames
+
+        frames = load_labelled_frames(processed, "train", settings.image_size, progress=False)
+        frame_teacher.follow_cpu_load = timed_follower(frame_teacher.follow_cpu_load)
+        frame_teacher.train_frame_teacher(frames, work / "loop_teacher.pth", out_channels=settings.teacher_channels,
+                                          width=settings.teacher_width, steps=settings.teacher_steps, progress=False)
+    return [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+
+
+class RepeatedScenes:
+    """A segmentation dataset's scenes repeated to `length` items (evaluation needs only `len`,
+    indexing, `root` and `voxel_size`)."""
+
+    def __init__(self, scenes, length: int) -> None:
+        self.scenes, self.length = scenes, length
+        self.root, self.voxel_size = scenes.root, scenes.voxel_size
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return self.scenes[index % len(self.scenes)]
+
+
 def step_seconds(run_dir: Path, batch: int) -> list[float]:
     """Seconds of each logged step after the first (metrics.jsonl's samples_per_s, one line a step)."""
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -93,38 +185,62 @@ def policy_environment(policy: str) -> dict[str, str]:
     return env
 
 
+def wait_for_first_step(metrics: Path, tool_proc: subprocess.Popen) -> None:
+    """Until the tool has logged its first step to `metrics` (or has ended)."""
+    while tool_proc.poll() is None and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.05)
+
+
 def measure(tool: str, policy: str, load: str, work: Path, processed: Path, teacher: Path, steps: int) -> dict:
+    """One run of `tool` (a training tool or a loop) under `policy` and `load`: its unit times."""
     run_dir = work / "runs" / f"{tool}-{policy}-{load}"
     if run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
+    loop = tool in LOOPS
+    command = loop_command(tool, work, processed) if loop else tool_command(tool, processed, teacher, run_dir, steps)
     busy_command = [sys.executable, "-c", "while True: pass"]
     busy = subprocess.Popen(busy_command) if load == "loaded" else None
     try:
         if busy:
             time.sleep(1.0)
         started = time.perf_counter()
-        tool_proc = subprocess.Popen(tool_command(tool, processed, teacher, run_dir, steps),
-                                     env=policy_environment(policy), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-        if load == "loaded-later":
+        tool_proc = subprocess.Popen(command, env=policy_environment(policy), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        head = []
+        if load == "loaded-later":  # imports and set-up take seconds: count from the timed loop's start
+            if loop:
+                for line in tool_proc.stdout:
+                    head.append(line)
+                    if line.strip() == STARTED:
+                        break
+            else:
+                wait_for_first_step(run_dir / "metrics.jsonl", tool_proc)
             time.sleep(LATER_S)
             busy = subprocess.Popen(busy_command)
-        stdout, stderr = tool_proc.communicate()
-        proc = subprocess.CompletedProcess(tool_proc.args, tool_proc.returncode, stdout, stderr)
+        output = "".join(head) + tool_proc.communicate()[0]
         wall = time.perf_counter() - started
     finally:
         if busy:
             busy.kill()
             busy.wait()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{tool} under policy {policy} ({load}) failed:\n{proc.stderr[-2000:]}")
-    times = step_seconds(run_dir, 1 if tool == "pretrain" else 2)
-    output = (proc.stdout + proc.stderr).splitlines()
-    threads_line = next((line for line in output if "CPU thread(s) while they do" in line), "")
+    if tool_proc.returncode != 0:
+        raise RuntimeError(f"{tool} under policy {policy} ({load}) failed:\n{output[-2000:]}")
+    lines = output.splitlines()
+    if loop:
+        times = json.loads(lines[-1])[1:]
+    else:
+        times = step_seconds(run_dir, 1 if tool == "pretrain" else 2)
+    threads_line = next((line for line in lines if "CPU thread(s) while they do" in line), "")
     return {"tool": tool, "policy": policy, "load": load, "step_s": statistics.median(times), "steps_s": times,
             "wall_s": wall, "threads_note": threads_line.strip()}
+
+
+def threads_in_note(note: str) -> str:
+    """"1 CPU thread(s)" from the follower's note ("... evaluating on 1 CPU thread(s) while they do ...")."""
+    found = re.search(r" on (\d+ CPU thread\(s\)) while", note)
+    return found.group(1) if found else note
 
 
 def print_table(rows: list[dict]) -> None:
@@ -139,7 +255,7 @@ def print_table(rows: list[dict]) -> None:
         for policy in dict.fromkeys(r["policy"] for r in mine):
             by_load = {r["load"]: r for r in mine if r["policy"] == policy}
             idle, loaded, later = (by_load[load]["step_s"] for load in LOADS)
-            note = "; ".join(f"{load}: {by_load[load]['threads_note'].split('training on ')[-1].split(' while')[0]}"
+            note = "; ".join(f"{load}: {threads_in_note(by_load[load]['threads_note'])}"
                              for load in LOADS[1:] if by_load[load]["threads_note"])
             print(f"| {tool} | {policy} | {idle:.2f} | {loaded:.2f} | {later:.2f} | {loaded / idle:.2f} | "
                   f"{later / idle:.2f} | {loaded / best_idle:.2f} | {later / best_idle:.2f} | {note} |")
@@ -148,13 +264,20 @@ def print_table(rows: list[dict]) -> None:
 def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", required=True, help="where the synthetic world and the runs go (reused)")
-    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS), help="tools to measure (default all)")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS),
+                        help="what to measure: the training tools and the loops evaluate, 2d_teacher (default all)")
     parser.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES),
                         help="thread policies to measure (default all)")
-    parser.add_argument("--steps", type=int, default=25, help="steps per run; the first is left out (default 25)")
+    parser.add_argument("--steps", type=int, default=40,
+                        help="steps per run of a training tool; the first is left out (default 40)")
     parser.add_argument("--json", help="also write every row (each step's time included) to this JSON file")
+    parser.add_argument("--loop-worker", choices=LOOPS, help=argparse.SUPPRESS)  # internal: one loop's run
+    parser.add_argument("--processed", help=argparse.SUPPRESS)  # internal: the loop worker's world
     add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if args.loop_worker:
+        print(json.dumps(run_loop(args.loop_worker, Path(args.work_dir), Path(args.processed))))
+        return 0
     if args.steps < 3:
         parser.error("--steps must be at least 3")
     if (os.cpu_count() or 1) < 2:

@@ -138,7 +138,7 @@ class CpuThreadFollower:
     one-line note (`announce`) says so the first time it goes down. Disabled (every call a no-op) unless
     `enabled` (default: `adjusts_threads()`, the tools' policy)."""
 
-    def __init__(self, first_s: float = 2.0, every_s: float = 10.0, *, enabled: bool | None = None,
+    def __init__(self, first_s: float = 2.0, every_s: float = 2.0, *, enabled: bool | None = None,
                  what: str = "training", load_factory: Callable[[], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, cpu_count: int | None = None,
                  announce: Callable[[str], None] | None = print) -> None:

@@ -183,6 +183,29 @@ def test_evaluation_follows_the_load(one_of_two_cpus_busy, monkeypatch):
     assert during == [2, 1, 1, 1] and torch.get_num_threads() == 2
 
 
+def test_detection_prediction_follows_the_load(one_of_two_cpus_busy, monkeypatch):
+    import torch
+
+    from scene_kd.eval import detection_split
+
+    during = []
+
+    def no_boxes(*args, **kwargs):
+        during.append(torch.get_num_threads())
+        return torch.zeros(0, 6), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+
+    monkeypatch.setattr(detection_split, "predict_boxes", no_boxes)
+    monkeypatch.setattr(detection_split, "collate_detection", lambda items: {
+        "features": torch.zeros(1, 3), "coordinates": torch.zeros(1, 4, dtype=torch.int32),
+        "scene_ids": [items[0]], "to_aligned": torch.eye(4)[None]})
+    backend = type("Backend", (), {"sparse_tensor": staticmethod(lambda feats, coords: feats)})()
+    scenes = type("Scenes", (list,), {"voxel_size": 0.05})([f"scene{i:04d}_00" for i in range(4)])
+    eval_cfg = type("EvalConfig", (), {"score_threshold": 0.0, "nms_iou": 0.25, "nms_pre": 10, "max_boxes": 10})()
+    predictions = detection_split.predict_dataset(torch.nn.Identity(), backend, scenes, torch.device("cpu"), eval_cfg)
+    assert during == [2, 1, 1, 1] and torch.get_num_threads() == 2
+    assert sorted(predictions) == list(scenes)
+
+
 TOOL_CHECK = """
 import os, runpy, sys
 tool = runpy.run_path(sys.argv[1], run_name="tool")
