@@ -109,25 +109,7 @@ def run_loop(loop: str, work: Path, processed: Path) -> list[float]:
         raise RuntimeError("the loop worker imported torch before setting the CPU-thread policy")
     import torch
 
-    from scene_kd.demo import demo_settings
-
     ticks: list[float] = []
-
-    def timed_follower(follow):
-        def follow_and_time(device, what):
-            follower = follow(device, what)
-            tick = follower.tick
-
-            def timed_tick():
-                ticks.append(time.perf_counter())
-                tick()
-            follower.tick = timed_tick
-            print(STARTED, flush=True)
-            ticks.append(time.perf_counter())
-            return follower
-        return follow_and_time
-
-    settings = demo_settings(num_scenes=4, num_frames=24, teacher_steps=LOOP_UNITS["2d_teacher"])
     if loop == "evaluate":
         from scene_kd.data.seg_dataset import SegmentationDataset
         from scene_kd.eval import segmentation
@@ -139,18 +121,36 @@ def run_loop(loop: str, work: Path, processed: Path) -> list[float]:
         backend = get_backend("torch")
         torch.manual_seed(0)
         model = build_student("MinkUNet14A", in_channels=3, out_channels=20, backend=backend)
-        segmentation.follow_cpu_load = timed_follower(segmentation.follow_cpu_load)
+        record_ticks(segmentation, ticks)
         segmentation.evaluate_segmentation(model, backend, repeated, torch.device("cpu"), chunk_voxels=400_000,
                                            chunk_margin=1.0)
     else:
+        from scene_kd.demo import demo_settings
         from scene_kd.transfer import frame_teacher
         from scene_kd.transfer.frame_labels import load_labelled_frames
 
+        settings = demo_settings(num_scenes=4, num_frames=24, teacher_steps=LOOP_UNITS["2d_teacher"])
         frames = load_labelled_frames(processed, "train", settings.image_size, progress=False)
-        frame_teacher.follow_cpu_load = timed_follower(frame_teacher.follow_cpu_load)
+        record_ticks(frame_teacher, ticks)
         frame_teacher.train_frame_teacher(frames, work / "loop_teacher.pth", out_channels=settings.teacher_channels,
                                           width=settings.teacher_width, steps=settings.teacher_steps, progress=False)
     return [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+
+
+def record_ticks(module, ticks: list[float]) -> None:
+    """Make `module.follow_cpu_load` return followers whose `tick()` also appends the time to `ticks`
+    (the loop's start first, announced by the STARTED line)."""
+    follow = module.follow_cpu_load
+
+    def follow_and_record(device, what):
+        follower = follow(device, what)
+        tick = follower.tick
+        follower.tick = lambda: (ticks.append(time.perf_counter()), tick())
+        print(STARTED, flush=True)
+        ticks.append(time.perf_counter())
+        return follower
+
+    module.follow_cpu_load = follow_and_record
 
 
 class RepeatedScenes:

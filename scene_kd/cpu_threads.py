@@ -33,6 +33,8 @@ from typing import Any
 
 POLICY_VARIABLE = "SCENE_KD_CPU_THREADS"
 SHORT_SPIN = "10000"
+FIRST_CHECK_S = 2.0  # a loop's load is first measured over its first seconds, then every CHECK_EVERY_S
+CHECK_EVERY_S = 2.0
 
 
 def read_cpu_times(stat_path: str | os.PathLike = "/proc/stat") -> tuple[int, int] | None:
@@ -138,7 +140,7 @@ class CpuThreadFollower:
     one-line note (`announce`) says so the first time it goes down. Disabled (every call a no-op) unless
     `enabled` (default: `adjusts_threads()`, the tools' policy)."""
 
-    def __init__(self, first_s: float = 2.0, every_s: float = 2.0, *, enabled: bool | None = None,
+    def __init__(self, first_s: float = FIRST_CHECK_S, every_s: float = CHECK_EVERY_S, *, enabled: bool | None = None,
                  what: str = "training", load_factory: Callable[[], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, cpu_count: int | None = None,
                  announce: Callable[[str], None] | None = print) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scene_kd.cpu_threads import CpuThreadFollower, adjusts_threads
+from scene_kd.cpu_threads import CHECK_EVERY_S, FIRST_CHECK_S, CpuThreadFollower, adjusts_threads
 from scene_kd.engine import distributed as dist_utils
 from scene_kd.engine.checkpoint import save_best_checkpoint, save_checkpoint
 from scene_kd.engine.schema import TrainConfig
@@ -29,7 +29,7 @@ class CpuThreadsHook(HookBase):
     count at the start restored; the note from the main process only). Added by `default_hooks` where
     `adjusts_threads()` (the tools' default)."""
 
-    def __init__(self, first_s: float = 2.0, every_s: float = 2.0, load_factory: Callable[[], Any] | None = None,
+    def __init__(self, first_s: float = FIRST_CHECK_S, every_s: float = CHECK_EVERY_S, load_factory: Callable[[], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, cpu_count: int | None = None) -> None:
         self.settings = {"first_s": first_s, "every_s": every_s, "load_factory": load_factory, "clock": clock,
                          "cpu_count": cpu_count}
