@@ -8,7 +8,8 @@ MinkUNet14A at 10 cm, one scene of about 15k voxels a pretraining step); the ste
 the steps' `samples_per_s` in metrics.jsonl (the first step, which builds caches, left out), turned
 into seconds. The loops (`evaluate`: whole-scene segmentation evaluation as `tools/finetune_seg.py
 --eval-only` runs it, a unit is one scene; `2d_teacher`: the demo's 2D-teacher training, a unit is one
-step) run in a worker process that sets the tools' policy first; see `run_loop`.
+step; `world_clip`: `tools/train_world_clip.py`'s training, a unit is one step) run in a worker process
+that sets the tools' policy first; see `run_loop`.
 Loads: `idle`; `loaded`: a `while True: pass` process started 1 s before the tool and running to its
 end (one core of two busy); `loaded-later`: the same process started 1.5 s after the tool's first
 step was logged (the loops: after their timed loop began), when its threads are already chosen.
@@ -44,9 +45,9 @@ from scene_kd.cli import add_debug_flag, run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_TOOLS = ("pretrain", "finetune_seg", "finetune_det")
-LOOPS = ("evaluate", "2d_teacher")  # loops outside the shared trainer, run in a worker process (see run_loop)
+LOOPS = ("evaluate", "2d_teacher", "world_clip")  # loops outside the shared trainer, run in a worker (run_loop)
 TOOLS = TRAINING_TOOLS + LOOPS
-LOOP_UNITS = {"evaluate": 40, "2d_teacher": 80}  # scenes evaluated / teacher steps per run
+LOOP_UNITS = {"evaluate": 40, "2d_teacher": 80, "world_clip": 30}  # scenes evaluated / training steps per run
 STARTED = "timed loop started"  # a loop worker's line when its timed loop begins
 POLICIES = {  # environment changes of each policy (None: remove the variable)
     "tools": {"SCENE_KD_CPU_THREADS": None, "OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None},
@@ -100,7 +101,10 @@ def run_loop(loop: str, work: Path, processed: Path) -> list[float]:
       --eval-only` and finetuning's validation run it) of a random MinkUNet14A at 10 cm, the validation
       scenes repeated to LOOP_UNITS scenes; a unit is one scene;
     - `2d_teacher`: the demo's 2D-teacher training (`train_frame_teacher`, the demo's sizes) for
-      LOOP_UNITS steps; a unit is one step.
+      LOOP_UNITS steps; a unit is one step;
+    - `world_clip`: `tools/train_world_clip.py` run in the worker with its defaults (pairs of the train
+      scenes, its tiny CLIP, 128 pairs a step) for LOOP_UNITS steps; a unit is one training step (its
+      evaluation afterwards is not timed).
     The unit times are taken where the loop calls its `CpuThreadFollower.tick()` (once per unit), through
     a wrapper around the loop module's `follow_cpu_load`; the first unit is left out by the caller."""
     from scene_kd.cpu_threads import apply_cpu_thread_policy
@@ -124,6 +128,20 @@ def run_loop(loop: str, work: Path, processed: Path) -> list[float]:
         record_ticks(segmentation, ticks)
         segmentation.evaluate_segmentation(model, backend, repeated, torch.device("cpu"), chunk_voxels=400_000,
                                            chunk_margin=1.0)
+    elif loop == "world_clip":
+        import importlib.util
+        import shutil
+
+        from scene_kd.transfer import world_clip
+
+        spec = importlib.util.spec_from_file_location("train_world_clip", REPO / "tools/train_world_clip.py")
+        tool = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tool)
+        out = work / "loop_world_clip"
+        shutil.rmtree(out, ignore_errors=True)  # a finished run would only be resumed
+        record_ticks(world_clip, ticks)
+        tool.run(["--data", str(processed), "--out", str(out), "--steps", str(LOOP_UNITS["world_clip"]),
+                  "--no-progress"])
     else:
         from scene_kd.demo import demo_settings
         from scene_kd.transfer import frame_teacher
@@ -265,7 +283,8 @@ def run(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", required=True, help="where the synthetic world and the runs go (reused)")
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS),
-                        help="what to measure: the training tools and the loops evaluate, 2d_teacher (default all)")
+                        help="what to measure: the training tools and the loops evaluate, 2d_teacher, world_clip "
+                        "(default all)")
     parser.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES),
                         help="thread policies to measure (default all)")
     parser.add_argument("--steps", type=int, default=40,

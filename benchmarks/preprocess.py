@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from scene_kd import cli_types
 from scene_kd.cli import add_debug_flag, run_tool
 from scene_kd.scannet.annotations import SegGroup, write_aggregation_json, write_scene_txt, write_segs_json
 from scene_kd.scannet.frame_types import RGBDFrame
@@ -52,11 +53,6 @@ from scene_kd.scannet.sens import SensReader, SensWriter, write_sens
 
 COLOR_K = np.array([[1170.187988, 0, 647.75, 0], [0, 1170.187988, 483.75, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
 DEPTH_K = np.array([[577.870605, 0, 319.5, 0], [0, 577.870605, 239.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    width, height = (int(v) for v in text.lower().split("x"))
-    return width, height
 
 
 # ------------------------------------------------------------------------------------- scan making
@@ -244,9 +240,10 @@ def run(argv: list[str] | None = None) -> int:
         "--frames", type=int, default=1500, help="frames per scan's .sens (ScanNet: ~1650 on average)"
     )
     parser.add_argument("--frame-skip", type=int, default=25, help="keep every n-th frame")
-    parser.add_argument("--color-size", type=parse_size, default="1296x968", help="source color WxH")
-    parser.add_argument("--depth-size", type=parse_size, default="640x480", help="source depth WxH")
-    parser.add_argument("--image-size", type=parse_size, default="320x240", help="stored color WxH")
+    parser.add_argument("--color-size", type=cli_types.image_size,
+                        default="1296x968", help="source color WxH")
+    parser.add_argument("--depth-size", type=cli_types.image_size, default="640x480", help="source depth WxH")
+    parser.add_argument("--image-size", type=cli_types.image_size, default="320x240", help="stored color WxH")
     parser.add_argument(
         "--depth-png", choices=["rle", "deflate", "none"], default="none", help="depth PNG compression"
     )
@@ -261,7 +258,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--template-frames", type=int, default=50, help="distinct frames in the template scan"
     )
-    parser.add_argument("--vertices", type=int, default=150_000, help="mesh vertices of the simple template")
+    parser.add_argument("--vertices", type=cli_types.checked(int, (lambda v: v >= 4, ">= 4")),
+                        default=150_000, help="mesh vertices of the simple template")
     parser.add_argument(
         "--work-dir",
         help="where scans and outputs go, kept and reused by later runs with the "

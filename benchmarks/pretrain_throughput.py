@@ -49,6 +49,7 @@ from pathlib import Path
 
 import torch
 
+from scene_kd import cli_types
 from scene_kd.atomic import write_text_atomic
 from scene_kd.cli import add_debug_flag, run_tool
 from scene_kd.models.students import STUDENTS
@@ -60,11 +61,6 @@ RANDOM_TEACHER_NOTE = (
     "teachers have random weights (teacher.weights=null, teacher.allow_random=true): no weight "
     "files here; speed and memory are those of the trained networks, the features are not"
 )
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    width, height = (int(v) for v in text.lower().split("x"))
-    return width, height
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -405,7 +401,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument(
         "--num-workers",
-        type=int,
+        type=cli_types.non_negative_int,
         default=0,
         help="DataLoader workers of the full step (default 0: loading is not overlapped)",
     )
@@ -419,11 +415,13 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=2, help="synthetic scans")
     parser.add_argument("--frames", type=int, default=120, help="frames per synthetic scan")
     parser.add_argument("--frame-skip", type=int, default=5, help="preprocessing keeps every n-th frame")
-    parser.add_argument("--color-size", type=parse_size, default="1296x968", help="raw color WxH (ScanNet)")
-    parser.add_argument("--depth-size", type=parse_size, default="640x480", help="raw depth WxH (ScanNet)")
+    parser.add_argument("--color-size", type=cli_types.image_size,
+                        default="1296x968", help="raw color WxH (ScanNet)")
+    parser.add_argument("--depth-size", type=cli_types.image_size,
+                        default="640x480", help="raw depth WxH (ScanNet)")
     parser.add_argument(
         "--image-size",
-        type=parse_size,
+        type=cli_types.image_size,
         default="320x240",
         help="stored color WxH, and the teacher's input (data.image_size)",
     )

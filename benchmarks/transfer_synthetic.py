@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from scene_kd import cli_types
 from scene_kd.atomic import write_text_atomic
 from scene_kd.cli import add_debug_flag, run_tool
 from scene_kd.transfer.arms import ARMS
@@ -64,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", required=True, help="data, teachers, runs and results go here (reruns resume)")
     parser.add_argument("--quick", action="store_true",
                         help="every arm and setting at reduced size (8 scans, few steps): the plumbing in minutes")
-    parser.add_argument("--world-seed", type=int, default=0,
+    parser.add_argument("--world-seed", type=cli_types.seed, default=0,
                         help="seed of the synthetic world, its teachers and label subsets (default 0)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    parser.add_argument("--seeds", type=cli_types.seed, nargs="+", default=[0, 1, 2],
                         help="training seeds of scratch and the main arms; ablations run the first (default 0 1 2)")
     parser.add_argument("--pretrain-every-seed", action="store_true",
                         help="pretrain every arm once per seed (default: once, with the first seed, and every seed "
@@ -80,11 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "points_20 points_200; --quick: scenes_25pct scenes_50pct points_20 points_200)")
     for flag, what in (("teacher-steps", "2D teacher training"), ("clip-steps", "in-world CLIP training"),
                        ("pretrain-steps", "pretraining of every arm"), ("finetune-steps", "every finetune")):
-        parser.add_argument(f"--{flag}", type=int, help=f"override the steps of {what}")
-    parser.add_argument("--jobs", type=int, default=1,
+        parser.add_argument(f"--{flag}", type=cli_types.count, help=f"override the steps of {what}")
+    parser.add_argument("--jobs", type=cli_types.count, default=1,
                         help="stages run side by side in this many worker processes (default 1: in this process, "
                         "in order); on 2 cores, --jobs 2 --threads 1 does about twice the work of one process")
-    parser.add_argument("--threads", type=int, default=2,
+    parser.add_argument("--threads", type=cli_types.count, default=2,
                         help="torch CPU threads of this process, and of each worker with --jobs > 1 (default 2)")
     parser.add_argument("--record", help="also copy results.json to this file (e.g. docs/results/transfer_synthetic.json)")
     parser.add_argument("--pictures-dir", help="write the PNG pictures here too (e.g. docs/results/)")
@@ -99,11 +100,9 @@ def run(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     settings = quick_settings() if args.quick else full_settings()
     for name in ("teacher_steps", "clip_steps", "pretrain_steps", "finetune_steps"):
-        if getattr(args, name):
+        if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     known = label_settings(settings)
-    if args.jobs < 1 or args.threads < 1:
-        parser.error("--jobs and --threads must be at least 1")
     if args.settings and set(args.settings) - set(known):
         raise ValueError(f"--settings {sorted(set(args.settings) - set(known))}: not settings of this mode; "
                          f"choose from {known}")

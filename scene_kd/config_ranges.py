@@ -18,6 +18,7 @@ AT_LEAST_1: Check = (lambda v: v >= 1, ">= 1")
 NON_NEGATIVE: Check = (lambda v: v >= 0, ">= 0")
 UNIT_INTERVAL: Check = (lambda v: 0 <= v <= 1, "in [0, 1]")
 OPEN_UNIT_INTERVAL: Check = (lambda v: 0 < v < 1, "in (0, 1)")
+FROM_0_BELOW_1: Check = (lambda v: 0 <= v < 1, "in [0, 1)")
 POSITIVE_OR_NULL: Check = (lambda v: v is None or v > 0, "> 0 or null")
 ALL_POSITIVE: Check = (lambda v: len(v) > 0 and all(x > 0 for x in v), "a non-empty list of values > 0")
 ALL_OPEN_UNIT: Check = (lambda v: len(v) > 0 and all(0 < x < 1 for x in v), "a non-empty list of values in (0, 1)")
@@ -33,7 +34,7 @@ RANGES: dict[str, Check] = {
     "train.keep_checkpoints": NON_NEGATIVE,
     "optim.lr": POSITIVE,
     "optim.weight_decay": NON_NEGATIVE,
-    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.momentum": FROM_0_BELOW_1,
     "optim.betas": (lambda v: len(v) == 2 and all(0 <= x < 1 for x in v), "two values in [0, 1)"),
     "schedule.warmup_steps": NON_NEGATIVE,
     "schedule.warmup_start_factor": UNIT_INTERVAL,

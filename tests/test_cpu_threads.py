@@ -171,6 +171,22 @@ def test_the_demos_2d_teacher_follows_the_load(one_of_two_cpus_busy, monkeypatch
     assert "other processes keep 1 of 2 cores busy: training the 2D teacher on 1 CPU thread(s)" in capsys.readouterr().out
 
 
+def test_the_world_clip_training_follows_the_load(one_of_two_cpus_busy, monkeypatch, capsys, tmp_path):
+    import torch
+
+    from scene_kd.transfer import world_clip
+
+    during = []
+    step = world_clip.clip_step
+    monkeypatch.setattr(world_clip, "clip_step", lambda *a: during.append(torch.get_num_threads()) or step(*a))
+    config = world_clip.tiny_clip_config(image_size=16, patch_size=8, width=16, layers=1, head_width=8,
+                                         embed_dim=8, text_width=16, text_heads=2, text_layers=1, context_length=8)
+    pairs = {"images": np.zeros((4, 16, 16, 3), np.uint8), "texts": ["a chair", "a table", "a wall", "a door"]}
+    world_clip.train_world_clip(pairs, tmp_path / "clip", model_config=config, steps=4, batch_size=2, progress=False)
+    assert during == [2, 1, 1, 1] and torch.get_num_threads() == 2
+    assert "training the world CLIP on 1 CPU thread(s)" in capsys.readouterr().out
+
+
 def test_evaluation_follows_the_load(one_of_two_cpus_busy, monkeypatch):
     import torch
 
@@ -220,7 +236,8 @@ print(torch.get_num_threads(), os.environ.get("GOMP_SPINCOUNT"), os.environ.get(
 
 
 @pytest.mark.parametrize("tool, args", [("pretrain", ["--print-config"]), ("finetune_seg", ["--print-config"]),
-                                        ("finetune_det", ["--print-config"]), ("demo", ["--help"])])
+                                        ("finetune_det", ["--print-config"]), ("demo", ["--help"]),
+                                        ("train_world_clip", ["--help"]), ("zeroshot_seg", ["--help"])])
 def test_tools_apply_the_policy_before_torch(tool, args):
     env = dict(os.environ)
     for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", POLICY_VARIABLE):
@@ -232,6 +249,25 @@ def test_tools_apply_the_policy_before_torch(tool, args):
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1].split()[1:] == ["10000", "auto"]
+
+
+def test_world_clip_tool_takes_the_policys_threads_unless_told(tmp_path):
+    """tools/train_world_clip.py keeps the thread count the tools' policy gives torch (one per core
+    under `auto`, as a bare torch process has, following the load) unless --threads fixes one (as
+    SCENE_KD_CPU_THREADS=N, so the loop's follower is off); the run stops at the missing data, after
+    the count is set."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", POLICY_VARIABLE)}
+    bare = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True,
+                          text=True, env=env, check=True).stdout.strip()
+    tool = str(REPO / "tools/train_world_clip.py")
+    common = ["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "clip")]
+    for extra, expected in (([], [bare, "10000", "auto"]), (["--threads", "1"], ["1", "10000", "1"])):
+        proc = subprocess.run([sys.executable, "-c", TOOL_CHECK, tool, *common, *extra], capture_output=True,
+                              text=True, env=env, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        assert "missing/splits/train.txt" in proc.stderr
+        assert proc.stdout.splitlines()[-1].split() == expected
 
 
 def test_a_bad_policy_is_one_line_and_exit_1(tmp_path):

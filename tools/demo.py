@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scene_kd import cli_types
 from scene_kd.cli import CPU_THREADS_HELP, add_debug_flag, run_tool
 from scene_kd.cpu_threads import apply_cpu_thread_policy
 
@@ -32,7 +33,8 @@ def run(argv: list[str] | None = None) -> int:
                                      epilog=CPU_THREADS_HELP)
     d = DEMO_SETTINGS
     parser.add_argument("--out", default="outputs/demo", help="output directory (default outputs/demo)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the scans and of every training (default 0)")
+    parser.add_argument("--seed", type=cli_types.seed,
+                        default=0, help="seed of the scans and of every training (default 0)")
     parser.add_argument("--scenes", type=int, default=d.num_scenes,
                         help=f"synthetic scans, a quarter of them for validation (default {d.num_scenes})")
     parser.add_argument("--frames", type=int, default=d.num_frames, help=f"frames per scan (default {d.num_frames})")

@@ -17,7 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from scene_kd import cli_types
 from scene_kd.cli import add_debug_flag, run_tool
+from scene_kd.config_ranges import FROM_0_BELOW_1
 from scene_kd.data.scenes import resolve_scene_ids
 from scene_kd.eval.detection import (
     DEFAULT_IOU_THRESHOLDS,
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--iou-thresholds",
         nargs="+",
-        type=float,
+        type=cli_types.checked(float, FROM_0_BELOW_1),
         default=list(DEFAULT_IOU_THRESHOLDS),
         metavar="IOU",
         help="IoU thresholds of the APs (default: 0.25 0.5); a match needs IoU strictly above",

@@ -20,6 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from scene_kd import cli_types
 from scene_kd.cli import add_debug_flag, run_tool
 from scene_kd.data.subsets import POINT_COUNTS, SCENE_PERCENTS, make_data_efficient_subsets
 
@@ -30,7 +31,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", dest="root_option", metavar="ROOT", help="the same, as an option")
     parser.add_argument("--out", help="output directory (default: <root>/subsets)")
     parser.add_argument("--split", default="train", help="train / val / a split file (default: train)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the scene and point permutations (default: 0)")
+    parser.add_argument("--seed", type=cli_types.seed,
+                        default=0, help="seed of the scene and point permutations (default: 0)")
     parser.add_argument("--scene-percents", type=float, nargs="*", default=list(SCENE_PERCENTS),
                         help="percentages of the split's scenes (default: 1 5 10 20)")
     parser.add_argument("--point-counts", type=int, nargs="*", default=list(POINT_COUNTS),
@@ -42,6 +44,8 @@ def run(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.root is None) == (args.root_option is None):
         parser.error("give the processed dataset directory once, as ROOT or --root ROOT")
+    if not args.scene_percents and not args.point_counts:
+        parser.error("--scene-percents and --point-counts are both empty: nothing to draw")
     root = args.root if args.root is not None else args.root_option
     tasks = None if args.pointcept_tasks is None else (args.pointcept_tasks or Path(root) / "tasks")
     with warnings.catch_warnings(record=True) as caught:

@@ -10,18 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from scene_kd import cli_types
 from scene_kd.cli import add_debug_flag, run_tool
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'WxH' -> (W, H)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}") from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return w, h
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,14 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenes", type=int, default=2, help="number of scans, named scene0000_00, scene0001_00, ..."
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="random seed; the same seed writes the same bytes"
+        "--seed", type=cli_types.seed, default=0, help="random seed; the same seed writes the same bytes"
     )
     parser.add_argument("--frames", type=int, default=300, help="RGB-D frames per scan (30 Hz)")
     parser.add_argument(
-        "--color-size", type=parse_size, default=(1296, 968), help="color image size WxH (ScanNet: 1296x968)"
+        "--color-size",
+        type=cli_types.image_size,
+        default=(1296, 968),
+        help="color image size WxH (ScanNet: 1296x968)",
     )
     parser.add_argument(
-        "--depth-size", type=parse_size, default=(640, 480), help="depth image size WxH (ScanNet: 640x480)"
+        "--depth-size",
+        type=cli_types.image_size,
+        default=(640, 480),
+        help="depth image size WxH (ScanNet: 640x480)",
     )
     parser.add_argument(
         "--vertex-spacing", type=float, default=0.06, help="largest distance between mesh vertices, metres"
@@ -59,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=cli_types.count,
         default=2,
         help="threads rendering and encoding frames (the output does not depend on it)",
     )

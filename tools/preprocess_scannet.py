@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from scene_kd import cli_types
 from scene_kd.atomic import write_text_atomic
 from scene_kd.cli import add_debug_flag, run_tool
 from scene_kd.scannet.codecs import PNG16_COMPRESSIONS
@@ -29,17 +30,6 @@ from scene_kd.scannet.preprocess import (
     preprocess_dataset,
     summary_to_json,
 )
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """ "320x240" -> (320, 240)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 320x240, got {text!r}") from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
-    return width, height
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -65,19 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output root: one directory per processed scene")
     parser.add_argument(
         "--frame-skip",
-        type=int,
+        type=cli_types.count,
         default=DEFAULT_FRAME_SKIP,
         help="keep frames whose index is a multiple of this (and whose pose is valid)",
     )
     parser.add_argument(
         "--image-size",
-        type=parse_size,
+        type=cli_types.image_size,
         default="x".join(map(str, DEFAULT_IMAGE_SIZE)),
         help="stored color size WIDTHxHEIGHT (default %(default)s); depth keeps its resolution",
     )
     parser.add_argument(
         "--jpeg-quality",
-        type=int,
+        type=cli_types.checked(int, (lambda v: 1 <= v <= 100, "in [1, 100]")),
         default=DEFAULT_JPEG_QUALITY,
         help="JPEG quality of the stored color images",
     )
@@ -88,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="depth PNG compression: none (default: fastest to write and read), rle (~40%% smaller, "
         "~1.6x the preprocessing time), deflate (smallest on smooth depth, ~10x slower to write)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (one scene each)")
+    parser.add_argument("--workers", type=cli_types.count, default=1, help="parallel worker processes (one scene each)")
     parser.add_argument("--scenes", nargs="+", metavar="SCENE_ID", help="process only these scene ids")
     parser.add_argument("--split", help="process only a split: train, val, test, or the path of a split file")
     parser.add_argument(

@@ -22,26 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from scene_kd.cli import add_debug_flag, run_tool
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'WxH' -> (W, H)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 160x120, got {text!r}") from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return w, h
+from scene_kd import cli_types
+from scene_kd.cli import CPU_THREADS_HELP, add_debug_flag, run_tool
+from scene_kd.cpu_threads import POLICY_VARIABLE, apply_cpu_thread_policy
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=CPU_THREADS_HELP)
     data = parser.add_argument_group("data")
     data.add_argument("--data", required=True, type=Path, metavar="ROOT",
                       help="processed scenes (tools/preprocess_scannet.py) with segment20.npy and instance.npy")
@@ -49,50 +42,66 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train-split", default="train",
                       help="scenes to train on: train/val/test (ROOT/splits/<name>.txt) or a split file (default train)")
     data.add_argument("--val-split", default="val", help="scenes to measure on, as --train-split (default val)")
-    data.add_argument("--frame-size", type=parse_size, default=(160, 120), metavar="WxH",
+    data.add_argument("--frame-size", type=cli_types.image_size, default=(160, 120), metavar="WxH",
                       help="frames are read (and labelled) at this size (default 160x120)")
-    data.add_argument("--min-crop-pixels", type=int, default=8,
+    data.add_argument("--min-crop-pixels", type=cli_types.count, default=8,
                       help="labelled pixels an object needs in a frame to give a crop (default 8)")
-    data.add_argument("--caption-min-fraction", type=float, default=0.03,
+    data.add_argument("--caption-min-fraction", type=cli_types.fraction, default=0.03,
                       help="a class is named in a frame's caption when it covers this fraction of the frame's "
                       "labelled pixels (default 0.03)")
-    data.add_argument("--region-side", type=float, nargs="+", default=[0.25], metavar="FRACTION",
+    data.add_argument("--region-side", type=cli_types.fraction,
+                      nargs="+", default=[0.25], metavar="FRACTION",
                       help="region crops: window side as a fraction of the frame's shorter side, 0 for none; "
                       "several sides give a region per class and side (default 0.25)")
-    data.add_argument("--min-region-purity", type=float, default=0.5,
+    data.add_argument("--min-region-purity", type=cli_types.fraction, default=0.5,
                       help="a region crop is kept when its class holds this fraction of the window's labelled "
                       "pixels (default 0.5)")
     model = parser.add_argument_group("model (an open_clip model config, written to OUT/model_config.json)")
-    model.add_argument("--image-size", type=int, default=64, help="CLIP input side in pixels (default 64)")
-    model.add_argument("--patch-size", type=int, default=8, help="ViT patch side; the dense stride (default 8)")
-    model.add_argument("--width", type=int, default=96, help="ViT width (default 96)")
-    model.add_argument("--layers", type=int, default=4, help="ViT blocks (default 4)")
-    model.add_argument("--head-width", type=int, default=32, help="ViT attention head width (default 32)")
-    model.add_argument("--embed-dim", type=int, default=96, help="joint embedding width (default 96)")
-    model.add_argument("--text-width", type=int, default=96, help="text transformer width (default 96)")
-    model.add_argument("--text-heads", type=int, default=3, help="text transformer heads (default 3)")
-    model.add_argument("--text-layers", type=int, default=3, help="text transformer blocks (default 3)")
-    model.add_argument("--context-length", type=int, default=32, help="text tokens, longer captions are cut "
+    model.add_argument("--image-size", type=cli_types.count,
+                       default=64, help="CLIP input side in pixels (default 64)")
+    model.add_argument("--patch-size", type=cli_types.count,
+                       default=8, help="ViT patch side; the dense stride (default 8)")
+    model.add_argument("--width", type=cli_types.count, default=96, help="ViT width (default 96)")
+    model.add_argument("--layers", type=cli_types.count, default=4, help="ViT blocks (default 4)")
+    model.add_argument("--head-width", type=cli_types.count,
+                       default=32, help="ViT attention head width (default 32)")
+    model.add_argument("--embed-dim", type=cli_types.count,
+                       default=96, help="joint embedding width (default 96)")
+    model.add_argument("--text-width", type=cli_types.count,
+                       default=96, help="text transformer width (default 96)")
+    model.add_argument("--text-heads", type=cli_types.count,
+                       default=3, help="text transformer heads (default 3)")
+    model.add_argument("--text-layers", type=cli_types.count,
+                       default=3, help="text transformer blocks (default 3)")
+    model.add_argument("--context-length", type=cli_types.count,
+                       default=32, help="text tokens, longer captions are cut "
                        "(default 32)")
     model.add_argument("--pool-type", choices=("avg", "tok"), default="avg",
                        help="image embedding: avg, the mean of the patch tokens (ClipLoss then trains the dense "
                        "features), or tok, the class token as OpenAI's CLIP (default avg)")
     train = parser.add_argument_group("training")
-    train.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
-    train.add_argument("--batch-size", type=int, default=128, help="pairs per step, the contrastive batch "
+    train.add_argument("--steps", type=cli_types.count, default=1500, help="optimizer steps (default 1500)")
+    train.add_argument("--batch-size", type=cli_types.checked(int, cli_types.AT_LEAST_2),
+                       default=128, help="pairs per step, the contrastive batch "
                        "(default 128)")
-    train.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
-    train.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")
-    train.add_argument("--warmup-steps", type=int, help="linear warmup before the cosine decay (default steps / 10)")
+    train.add_argument("--lr", type=cli_types.positive_float,
+                       default=1e-3, help="AdamW peak learning rate (default 1e-3)")
+    train.add_argument("--weight-decay", type=cli_types.non_negative_float,
+                       default=0.1, help="AdamW weight decay on matrices (default 0.1)")
+    train.add_argument("--warmup-steps", type=cli_types.non_negative_int,
+                       help="linear warmup before the cosine decay (default steps / 10)")
     train.add_argument("--no-augment", action="store_true", help="no random flips and zooms of the pair images")
-    train.add_argument("--seed", type=int, default=0, help="initialization, batches, augmentation and captions "
+    train.add_argument("--seed", type=cli_types.seed,
+                       default=0, help="initialization, batches, augmentation and captions "
                        "(default 0)")
-    train.add_argument("--checkpoint-every", type=int, default=100,
+    train.add_argument("--checkpoint-every", type=cli_types.count, default=100,
                        help="save the resumable state every this many steps (default 100)")
     train.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    train.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    train.add_argument("--threads", type=cli_types.count,
+                       help="torch CPU threads (default: one per core, fewer while other processes keep cores "
+                       "busy, as every tool; see docs/performance.md)")
     evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--dense-image-size", type=parse_size, metavar="WxH",
+    evaluation.add_argument("--dense-image-size", type=cli_types.image_size, metavar="WxH",
                             help="run the dense teacher on validation frames at this size, a multiple of the patch "
                             "(default: the CLIP input size, frames stretched as the frame pairs are)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -113,7 +122,9 @@ def train_and_measure(args: argparse.Namespace) -> dict:
         seg20_class_names,
     )
 
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:  # a fixed count, as SCENE_KD_CPU_THREADS=N: the loop does not follow the load
+        os.environ[POLICY_VARIABLE] = str(args.threads)
+        torch.set_num_threads(args.threads)
     started, started_cpu = time.perf_counter(), time.process_time()
     settings = PairSettings(image_size=args.image_size, frame_size=args.frame_size,
                             min_crop_pixels=args.min_crop_pixels, caption_min_fraction=args.caption_min_fraction,
@@ -159,8 +170,23 @@ def train_and_measure(args: argparse.Namespace) -> dict:
     return metrics
 
 
+def check_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The sizes that must fit each other, checked before any work (a usage error naming the flags)."""
+    if args.image_size % args.patch_size:
+        parser.error(f"--image-size {args.image_size} must be a multiple of --patch-size {args.patch_size}")
+    if args.width % args.head_width:
+        parser.error(f"--width {args.width} must be a multiple of --head-width {args.head_width}")
+    if args.text_width % args.text_heads:
+        parser.error(f"--text-width {args.text_width} must be a multiple of --text-heads {args.text_heads}")
+    if args.dense_image_size and any(side % args.patch_size for side in args.dense_image_size):
+        parser.error(f"--dense-image-size sides must be multiples of --patch-size {args.patch_size}")
+
+
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    apply_cpu_thread_policy()  # before torch is imported (scene_kd/cpu_threads.py)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_model_flags(parser, args)
     metrics = train_and_measure(args)
     print(f"zero-shot accuracy on {metrics['val_crops']} validation crops: "
           f"{100 * metrics['zero_shot_crop_accuracy']:.1f} % (mean over classes "

@@ -18,13 +18,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scene_kd.cli import add_debug_flag, run_tool
-from scene_kd.eval.semseg import format_iou_table
-from scene_kd.eval.zeroshot import SCANNET_TEMPLATES, zeroshot_segmentation
+from scene_kd import cli_types
+from scene_kd.cli import CPU_THREADS_HELP, add_debug_flag, run_tool
+from scene_kd.cpu_threads import apply_cpu_thread_policy
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from scene_kd.eval.zeroshot import SCANNET_TEMPLATES  # imports torch: after the CPU-thread policy (run)
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=CPU_THREADS_HELP)
     parser.add_argument("--checkpoint", required=True,
                         help="pretraining checkpoint (train.out_dir/checkpoints/last.pth) with a concept head")
     parser.add_argument("--data-root", required=True,
@@ -47,15 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write-predictions", action="store_true",
                         help="with --out-dir, also write ScanNet submission files submission/{scene}.txt")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default auto)")
-    parser.add_argument("--voxel-size", type=float,
+    parser.add_argument("--voxel-size", type=cli_types.positive_float,
                         help="voxel size in metres (default: the checkpoint's data.voxel_size)")
-    parser.add_argument("--chunk-voxels", type=int, default=400_000,
+    parser.add_argument("--chunk-voxels", type=cli_types.count, default=400_000,
                         help="scenes with more voxels run in overlapping blocks of at most this many (default 400000)")
     add_debug_flag(parser)
     return parser
 
 
 def run(argv: list[str] | None = None) -> int:
+    apply_cpu_thread_policy()  # before torch is imported (scene_kd/cpu_threads.py)
+    from scene_kd.eval.semseg import format_iou_table
+    from scene_kd.eval.zeroshot import SCANNET_TEMPLATES, zeroshot_segmentation
+
     args = build_parser().parse_args(argv)
     confusion = zeroshot_segmentation(
         args.checkpoint, args.data_root, args.split, clip_model=args.clip_model, clip_weights=args.clip_weights,
