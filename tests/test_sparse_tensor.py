@@ -122,3 +122,37 @@ def test_kernel_maps_are_cached_per_input():
     a(x)
     b(x)
     assert len(x.coordinate_manager._kernel_maps) == 1
+
+
+@pytest.mark.parametrize("kernel_size, dilation, shuffled", [(3, 1, False), (3, 2, True), (5, 1, True), (1, 1, False),
+                                                             (2, 1, True)])
+def test_kernel_map_pairs_match_a_brute_force_search(kernel_size, dilation, shuffled):
+    """Every offset's pairs, also those a symmetric kernel derives by exchanging input and output
+    rows, equal a search of every (output, input) coordinate pair; rows in key order or shuffled."""
+    from scene_kd.sparse.coords import kernel_offsets
+    from scene_kd.sparse.kernel_map import CoordinateManager
+
+    generator = torch.Generator().manual_seed(kernel_size * 10 + dilation)
+    cells = torch.randint(0, 6, (120, 3), generator=generator)
+    batch = torch.randint(0, 2, (120, 1), generator=generator)
+    coords = torch.unique(torch.cat([batch, cells], dim=1), dim=0)
+    if shuffled:
+        coords = coords[torch.randperm(len(coords), generator=generator)]
+    manager = CoordinateManager()
+    points = manager.insert(coords.int(), 1)
+    assert points.rows_in_key_order == (not shuffled)
+    kmap = manager.kernel_map(points, points, kernel_size, dilation)
+    rows = {tuple(c): i for i, c in enumerate(coords.tolist())}
+    offsets = kernel_offsets(kernel_size) * dilation
+    start = 0
+    for k, offset in enumerate(offsets.tolist()):
+        expected = {(rows[(c[0], c[1] + offset[0], c[2] + offset[1], c[3] + offset[2])], j)
+                    for j, c in enumerate(coords.tolist())
+                    if (c[0], c[1] + offset[0], c[2] + offset[1], c[3] + offset[2]) in rows}
+        got = list(zip(kmap.in_rows[start:start + kmap.counts[k]].tolist(),
+                       kmap.out_rows[start:start + kmap.counts[k]].tolist(), strict=True))
+        assert len(got) == len(set(got)) and set(got) == expected, k
+        start += kmap.counts[k]
+    assert start == len(kmap.in_rows) == len(kmap.out_rows)
+    centre = (len(offsets) - 1) // 2 if kernel_size % 2 else None
+    assert kmap.identity_offset == centre

@@ -2,7 +2,9 @@
 
 A kernel map lists, for every kernel offset `k`, the pairs `(input row, output row)` such that
 `input coordinate = output coordinate + offset_k * tensor_stride * dilation`. It is built by sorting
-the input keys once and running one `searchsorted` over all offsets: no Python loop over points.
+the input keys once and running one `searchsorted` over all offsets: no Python loop over points. A
+stride-1 odd kernel within one coordinate set searches only the offsets before the centre: offset
+`K-1-k` is `-offset_k`, so its pairs are offset k's with input and output rows exchanged.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ class CoordinateSet:
 
     coordinates: int32 [N, 4] (batch, x, y, z), in row order of the features that live on them.
     sorted_keys: int64 [N] ascending; order: int64 [N] with `keys[order] == sorted_keys`.
+    rows_in_key_order: whether `order` is `0 .. N-1` (the rows of quantized and strided coordinates
+    are), so that a lookup's position is already the row.
     """
 
     coordinates: torch.Tensor
     tensor_stride: int
     sorted_keys: torch.Tensor = field(repr=False)
     order: torch.Tensor = field(repr=False)
+    rows_in_key_order: bool = False
 
     @classmethod
     def from_coordinates(cls, coordinates: torch.Tensor, tensor_stride: int) -> CoordinateSet:
@@ -46,7 +51,8 @@ class CoordinateSet:
             raise ValueError(
                 f"duplicate coordinates: row {dup} ({coordinates[dup].tolist()}) appears more than once; "
                 "a sparse tensor needs unique coordinates (merge points with scene_kd.sparse.sparse_quantize)")
-        return cls(coordinates.int(), tensor_stride, sorted_keys, order)
+        in_key_order = bool((order == torch.arange(len(order), device=order.device)).all())
+        return cls(coordinates.int(), tensor_stride, sorted_keys, order, in_key_order)
 
     def __len__(self) -> int:
         return self.coordinates.shape[0]
@@ -57,7 +63,7 @@ class CoordinateSet:
             return torch.full_like(keys, -1)
         pos = torch.searchsorted(self.sorted_keys, keys).clamp_(max=len(self) - 1)
         found = self.sorted_keys[pos] == keys
-        return torch.where(found, self.order[pos], torch.full_like(pos, -1))
+        return torch.where(found, pos if self.rows_in_key_order else self.order[pos], -1)
 
 
 @dataclass
@@ -119,18 +125,29 @@ class CoordinateManager:
         out_keys = coordinate_keys(coarse.coordinates)
         deltas = offset_key_delta(offsets)
         out_index = torch.arange(len(coarse), device=device)
+        # A stride-1 odd kernel within one set is symmetric: offset K-1-k is -offset_k, and its pairs are
+        # offset k's with input and output exchanged, so only the offsets before the centre are searched.
+        symmetric = fine is coarse and kernel_size % 2 == 1
+        searched = deltas[: deltas.shape[0] // 2] if symmetric else deltas
         # Offsets are processed in chunks so that a 5x5x5 kernel on a large scene stays within memory.
         chunk = max(1, _QUERY_BUDGET // max(1, len(coarse)))
-        in_parts, out_parts, counts = [], [], []
-        for start in range(0, deltas.shape[0], chunk):
-            in_rows = fine.lookup(out_keys[None, :] + deltas[start:start + chunk, None])  # [k, N_out]
+        none = torch.zeros(0, dtype=torch.long, device=device)
+        in_parts, out_parts, counts = [none], [none], []  # (a 1x1x1 symmetric kernel searches nothing)
+        for start in range(0, searched.shape[0], chunk):
+            in_rows = fine.lookup(out_keys[None, :] + searched[start:start + chunk, None])  # [k, N_out]
             hit = in_rows >= 0
             counts += hit.sum(dim=1).tolist()
-            in_parts.append(in_rows[hit])
-            out_parts.append(out_index.expand_as(in_rows)[hit])
-        identity = None
-        if fine is coarse and kernel_size % 2 == 1:
-            identity = (len(counts) - 1) // 2  # the centre offset (0, 0, 0)
-        kmap = KernelMap(torch.cat(in_parts), torch.cat(out_parts), counts, identity)
+            flat_hits = hit.view(-1).nonzero().squeeze(1)  # offset-major, output rows ascending
+            in_parts.append(in_rows.view(-1)[flat_hits])
+            out_parts.append(flat_hits % len(coarse))
+        if not symmetric:
+            kmap = KernelMap(torch.cat(in_parts), torch.cat(out_parts), counts, None)
+        else:
+            before_in, before_out = torch.cat(in_parts), torch.cat(out_parts)
+            after_in = before_out.split(counts)[::-1]  # offset K-1-k: offset k's pairs, exchanged
+            after_out = before_in.split(counts)[::-1]
+            kmap = KernelMap(torch.cat([before_in, out_index, *after_in]),
+                             torch.cat([before_out, out_index, *after_out]),
+                             counts + [len(coarse)] + counts[::-1], len(counts))  # identity: the centre
         self._kernel_maps[key] = kmap
         return kmap
