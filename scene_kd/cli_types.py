@@ -33,8 +33,8 @@ def checked(kind: type, check: Check) -> Callable[[str], Any]:
 
 
 count = checked(int, AT_LEAST_1)  # steps, threads, workers, layer widths: >= 1
-seed = checked(int, NON_NEGATIVE)  # numpy seeds: >= 0
 non_negative_int = checked(int, NON_NEGATIVE)
+seed = non_negative_int  # numpy seeds: >= 0
 positive_float = checked(float, POSITIVE)
 non_negative_float = checked(float, NON_NEGATIVE)
 fraction = checked(float, UNIT_INTERVAL)  # in [0, 1]

@@ -140,8 +140,8 @@ class CpuThreadFollower:
     one-line note (`announce`) says so the first time it goes down. Disabled (every call a no-op) unless
     `enabled` (default: `adjusts_threads()`, the tools' policy)."""
 
-    def __init__(self, first_s: float = FIRST_CHECK_S, every_s: float = CHECK_EVERY_S, *, enabled: bool | None = None,
-                 what: str = "training", load_factory: Callable[[], Any] | None = None,
+    def __init__(self, first_s: float = FIRST_CHECK_S, every_s: float = CHECK_EVERY_S, *,
+                 enabled: bool | None = None, what: str = "training", load_factory: Callable[[], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, cpu_count: int | None = None,
                  announce: Callable[[str], None] | None = print) -> None:
         self.first_s, self.every_s, self.what, self.clock = first_s, every_s, what, clock

@@ -29,7 +29,8 @@ class CpuThreadsHook(HookBase):
     count at the start restored; the note from the main process only). Added by `default_hooks` where
     `adjusts_threads()` (the tools' default)."""
 
-    def __init__(self, first_s: float = FIRST_CHECK_S, every_s: float = CHECK_EVERY_S, load_factory: Callable[[], Any] | None = None,
+    def __init__(self, first_s: float = FIRST_CHECK_S, every_s: float = CHECK_EVERY_S,
+                 load_factory: Callable[[], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, cpu_count: int | None = None) -> None:
         self.settings = {"first_s": first_s, "every_s": every_s, "load_factory": load_factory, "clock": clock,
                          "cpu_count": cpu_count}
